@@ -1,0 +1,148 @@
+"""Audio front end: load any audio to 16 kHz mono, Whisper's log-mel spectrogram in numpy.
+
+Names, constants and semantics follow `whisper.audio`, so the arrays are interchangeable with
+openai-whisper's. The mel filterbank is computed here (Slaney mel scale and area normalisation,
+as `librosa.filters.mel` does, which is how Whisper's bundled `mel_filters.npz` was made).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AudioError
+
+SAMPLE_RATE = 16000
+N_FFT = 400
+HOP_LENGTH = 160
+CHUNK_LENGTH = 30
+N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples in a 30-second window
+N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in a window
+N_SAMPLES_PER_TOKEN = HOP_LENGTH * 2  # the conv stem has stride 2
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 10 ms per mel frame
+TOKENS_PER_SECOND = SAMPLE_RATE // N_SAMPLES_PER_TOKEN  # 20 ms per audio position
+
+SILENCE_PEAK = 1e-4  # below this peak amplitude a clip holds nothing audible
+
+
+def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Read wav/flac/ogg/mp3 (any rate, any channels) as mono float32 at `sr` Hz in [-1, 1].
+
+    Raises AudioError naming the file when it is missing, a folder, not audio, or empty.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory, not an audio file")
+    audio, rate = _decode(path)
+    if audio.ndim == 2:
+        audio = audio.mean(axis=1)
+    if audio.size == 0:
+        raise AudioError(f"{path}: contains no audio samples")
+    if rate != sr:
+        import soxr
+
+        audio = soxr.resample(audio, rate, sr, quality="HQ")
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def _decode(path: Path) -> tuple[np.ndarray, int]:
+    import soundfile
+
+    try:
+        return soundfile.read(str(path), dtype="float32", always_2d=False)
+    except Exception as first:  # libsndfile cannot read it; try audioread via librosa (mp3 etc.)
+        try:
+            import warnings
+
+            import librosa
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return librosa.load(str(path), sr=None, mono=False)
+        except Exception:
+            raise AudioError(f"{path}: not a readable audio file ({first})") from None
+
+
+def is_silent(audio: np.ndarray) -> bool:
+    return audio.size == 0 or float(np.max(np.abs(audio))) < SILENCE_PEAK
+
+
+def pad_or_trim(array: np.ndarray, length: int = N_SAMPLES, *, axis: int = -1) -> np.ndarray:
+    """Pad with zeros or trim to `length` along `axis`, as the encoder expects."""
+    if array.shape[axis] > length:
+        return np.take(array, np.arange(length), axis=axis)
+    if array.shape[axis] < length:
+        widths = [(0, 0)] * array.ndim
+        widths[axis] = (0, length - array.shape[axis])
+        return np.pad(array, widths)
+    return array
+
+
+def _hz_to_mel(freq: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale: linear below 1 kHz, logarithmic above."""
+    freq = np.asarray(freq, dtype=np.float64)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+    mels = freq / f_sp
+    return np.where(freq >= min_log_hz,
+                    min_log_mel + np.log(np.maximum(freq, min_log_hz) / min_log_hz) / logstep, mels)
+
+
+def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+    return np.where(mels >= min_log_mel, min_log_hz * np.exp(logstep * (mels - min_log_mel)),
+                    f_sp * mels)
+
+
+@lru_cache(maxsize=4)
+def mel_filters(n_mels: int = 80) -> np.ndarray:
+    """(n_mels, N_FFT/2+1) triangular filters with Slaney area normalisation."""
+    if n_mels not in (80, 128):
+        raise ValueError(f"n_mels must be 80 or 128, got {n_mels}")
+    fft_freqs = np.fft.rfftfreq(N_FFT, 1.0 / SAMPLE_RATE)
+    mel_points = np.linspace(_hz_to_mel(0.0), _hz_to_mel(SAMPLE_RATE / 2), n_mels + 2)
+    hz_points = _mel_to_hz(mel_points)
+    widths = np.diff(hz_points)
+    ramps = hz_points[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (hz_points[2:] - hz_points[:-2]))[:, None]
+    return weights.astype(np.float32)
+
+
+def _hann_window(n: int) -> np.ndarray:
+    """Periodic Hann window, as torch.hann_window(n)."""
+    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)).astype(np.float32)
+
+
+def log_mel_spectrogram(audio: np.ndarray | str | Path, n_mels: int = 80,
+                        padding: int = 0) -> np.ndarray:
+    """Whisper's log-mel spectrogram, (n_mels, n_frames) float32.
+
+    `padding` zero samples are appended first (Whisper pads by N_SAMPLES so the last window
+    is complete). The STFT is centred with reflect padding and its last frame dropped, as
+    `torch.stft(...)[..., :-1]` in openai-whisper.
+    """
+    if isinstance(audio, (str, Path)):
+        audio = load_audio(audio)
+    audio = np.asarray(audio, dtype=np.float32)
+    if padding > 0:
+        audio = np.pad(audio, (0, padding))
+    if audio.size < N_FFT // 2 + 1:  # reflect padding needs more samples than half a frame
+        audio = np.pad(audio, (0, N_FFT // 2 + 1 - audio.size))
+    padded = np.pad(audio, (N_FFT // 2, N_FFT // 2), mode="reflect")
+    n_frames = 1 + (padded.size - N_FFT) // HOP_LENGTH
+    frames = np.lib.stride_tricks.as_strided(
+        padded, shape=(n_frames, N_FFT), strides=(padded.strides[0] * HOP_LENGTH, padded.strides[0]))
+    spectrum = np.fft.rfft(frames * _hann_window(N_FFT), axis=-1)[:-1]  # (frames-1, 201)
+    power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
+    mel = mel_filters(n_mels) @ power.T  # (n_mels, frames-1)
+    log_spec = np.log10(np.maximum(mel, 1e-10))
+    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+    return ((log_spec + 4.0) / 4.0).astype(np.float32)

@@ -1,0 +1,192 @@
+"""Running the MAX graphs: device choice, a persistent compiled-model cache, the KV cache.
+
+Compiling a graph takes minutes on a small CPU, so every compiled graph is exported as a MEF
+file under `settings.cache_dir()` and reloaded in milliseconds next time. The cache key is the
+graph's structure, not the weight values: weights are bound at `session.init` through the
+weights registry, so a fine-tuned checkpoint with the same dimensions reuses the compiled code.
+The key covers the model dimensions, dtype, device, the `max` version and the source of the
+graph builders (so editing `model.py` invalidates stale entries).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from max import engine as max_engine
+from max.driver import CPU, Accelerator, Buffer, accelerator_count
+from max.dtype import DType
+from max.graph import DeviceRef
+
+from . import model as graph_model
+from .settings import cache_dir
+from .weights import ModelDimensions, WhisperWeights
+
+DTYPES = {"float32": DType.float32, "float16": DType.float16}
+
+
+def select_device(device: str = "auto"):
+    """`auto` picks the accelerator when MAX sees one, else the CPU. Returns (driver, ref)."""
+    if device == "auto":
+        device = "gpu" if accelerator_count() > 0 else "cpu"
+    if device == "cpu":
+        return CPU(), DeviceRef.CPU()
+    if device in ("gpu", "cuda", "accelerator"):
+        if accelerator_count() == 0:
+            raise ValueError("device 'gpu' requested but MAX sees no accelerator")
+        return Accelerator(), DeviceRef.GPU()
+    raise ValueError(f"unknown device {device!r}; use auto, cpu or gpu")
+
+
+def _source_hash() -> str:
+    return hashlib.sha256(Path(graph_model.__file__).read_bytes()).hexdigest()[:16]
+
+
+def cache_key(kind: str, dims: ModelDimensions, dtype: str, device: str) -> str:
+    record = {"kind": kind, "dims": asdict(dims), "dtype": dtype, "device": device,
+              "max": metadata.version("max"), "source": _source_hash()}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@dataclass
+class CompileReport:
+    """How each graph was obtained: 'cache' (MEF reload) or 'compiled', with seconds."""
+
+    entries: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+
+def load_graph(session, builder, params: graph_model.Params, kind: str, device_label: str,
+               report: CompileReport, verbose: bool = True):
+    """Build `kind`'s graph, then load its compiled form from the cache or compile and store it."""
+    start = time.perf_counter()
+    graph = builder(params)
+    registry = params.registry()
+    key = cache_key(kind, params.weights.dims, str(params.dtype), device_label)
+    path = cache_dir() / f"{kind}-{key}.mef"
+    if path.is_file():
+        try:
+            model = session.init(max_engine.read(str(path)), weights_registry=registry)
+            report.entries[kind] = ("cache", time.perf_counter() - start)
+            return model, registry
+        except Exception as exc:  # a stale or truncated file: compile afresh
+            print(f"maxwhisper: ignoring unusable cached {path.name} ({exc})", file=sys.stderr)
+    if verbose:
+        print(f"maxwhisper: compiling the MAX {kind} graph for {params.weights.name} "
+              f"({device_label}, {params.dtype}); first run only, this takes minutes on a small "
+              f"CPU, later runs reload it from {cache_dir()}", file=sys.stderr, flush=True)
+    compiled = session.compile(graph)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    compiled.export_mef(str(tmp))
+    tmp.replace(path)
+    model = session.init(compiled, weights_registry=registry)
+    seconds = time.perf_counter() - start
+    report.entries[kind] = ("compiled", seconds)
+    if verbose:
+        print(f"maxwhisper: compiled {kind} in {seconds:.0f} s", file=sys.stderr, flush=True)
+    return model, registry
+
+
+class KVCache:
+    """Self-attention keys and values, (n_text_ctx, L, B, d), position first.
+
+    `past()` hands the graph the first `length` rows as contiguous zero-copy arrays; `append`
+    writes the rows the graph returned in place; `reorder` follows beams that were kept.
+    """
+
+    def __init__(self, dims: ModelDimensions, batch: int):
+        shape = (dims.n_text_ctx, dims.n_text_layer, batch, dims.n_text_state)
+        self.keys = np.zeros(shape, dtype=np.float32)
+        self.values = np.zeros(shape, dtype=np.float32)
+        self.length = 0
+
+    def past(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.keys[: self.length], self.values[: self.length]
+
+    def append(self, new_keys: np.ndarray, new_values: np.ndarray) -> None:
+        n = new_keys.shape[0]
+        if self.length + n > self.keys.shape[0]:
+            raise ValueError(f"decoder context of {self.keys.shape[0]} tokens exceeded")
+        self.keys[self.length : self.length + n] = new_keys
+        self.values[self.length : self.length + n] = new_values
+        self.length += n
+
+    def reorder(self, source_rows: np.ndarray) -> None:
+        """Row b of the batch becomes old row source_rows[b] (beam search bookkeeping)."""
+        n = self.length
+        self.keys[:n] = self.keys[:n, :, source_rows]
+        self.values[:n] = self.values[:n, :, source_rows]
+
+    def rewind(self, length: int) -> None:
+        self.length = length
+
+
+@dataclass
+class AudioFeatures:
+    """What the encoder gives per window: features and the decoder's cross-attention K/V."""
+
+    audio: np.ndarray  # (B, A, d)
+    cross_keys: np.ndarray  # (L, B, H, hd, A)
+    cross_values: np.ndarray  # (L, B, H, A, hd)
+
+    def repeat(self, times: int) -> AudioFeatures:
+        """Each window's features `times` times in a row (one copy per beam)."""
+        return AudioFeatures(np.repeat(self.audio, times, axis=0),
+                             np.ascontiguousarray(np.repeat(self.cross_keys, times, axis=1)),
+                             np.ascontiguousarray(np.repeat(self.cross_values, times, axis=1)))
+
+
+class MaxWhisperModel:
+    """Whisper's encoder and KV-cached decoder, compiled with MAX, bound to real weights."""
+
+    def __init__(self, weights: WhisperWeights, device: str = "auto", dtype: str = "float32",
+                 verbose: bool = True):
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+        self.weights, self.dims = weights, weights.dims
+        self.driver_device, device_ref = select_device(device)
+        self.device = "cpu" if device_ref == DeviceRef.CPU() else "gpu"
+        self.dtype = dtype
+        self.report = CompileReport()
+        self.session = max_engine.InferenceSession(devices=[self.driver_device])
+        params = graph_model.Params(weights, device_ref, DTYPES[dtype])
+        self._encoder, self._encoder_registry = load_graph(
+            self.session, graph_model.build_encoder_graph, params, "encoder", self.device,
+            self.report, verbose)
+        params = graph_model.Params(weights, device_ref, DTYPES[dtype])
+        self._decoder, self._decoder_registry = load_graph(
+            self.session, graph_model.build_decoder_graph, params, "decoder", self.device,
+            self.report, verbose)
+
+    def _run(self, model, *arrays: np.ndarray) -> list[np.ndarray]:
+        inputs = [Buffer.from_numpy(np.ascontiguousarray(a)).to(self.driver_device)
+                  for a in arrays]
+        return [out.to(CPU()).to_numpy() for out in model.execute(*inputs)]
+
+    def encode(self, mel: np.ndarray) -> AudioFeatures:
+        """mel (B, n_mels, 3000) float32 -> features and cross-attention K/V."""
+        mel = np.asarray(mel, dtype=np.float32)
+        if mel.ndim == 2:
+            mel = mel[None]
+        expected = (self.dims.n_mels, 2 * self.dims.n_audio_ctx)
+        if mel.shape[1:] != expected:
+            raise ValueError(f"mel must be (batch, {expected[0]}, {expected[1]}), got {mel.shape}")
+        return AudioFeatures(*self._run(self._encoder, mel))
+
+    def decode(self, tokens: np.ndarray, features: AudioFeatures, cache: KVCache) -> np.ndarray:
+        """Run new tokens (B, S) after the cached ones; returns logits (B, S, V), grows the cache."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        past_k, past_v = cache.past()
+        logits, new_k, new_v = self._run(self._decoder, tokens, past_k, past_v,
+                                         features.cross_keys, features.cross_values)
+        cache.append(new_k, new_v)
+        return logits
+
+    def new_cache(self, batch: int) -> KVCache:
+        return KVCache(self.dims, batch)

@@ -1,0 +1,38 @@
+"""Where things live: the speech set, extracted weights, compiled-model cache.
+
+Each location is an environment variable with a default relative to the repository, so tests,
+notebooks and benchmarks read real data from outside the repository and a user can point them
+at their own folders.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# MAX otherwise looks up a telemetry host on session creation; this machine has no network.
+os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")
+
+
+def speech_dir() -> Path:
+    """The evaluation speech folder (`MAXWHISPER_SPEECH_DIR`, default `../shared/speech`)."""
+    default = REPO_ROOT.parent / "shared" / "speech"
+    return Path(os.environ.get("MAXWHISPER_SPEECH_DIR", default)).expanduser()
+
+
+def weights_dir() -> Path:
+    """Where extracted `.npz` weights go (`MAXWHISPER_WEIGHTS_DIR`, default `weights/`)."""
+    return Path(os.environ.get("MAXWHISPER_WEIGHTS_DIR", REPO_ROOT / "weights")).expanduser()
+
+
+def cache_dir() -> Path:
+    """Compiled MAX models (`MAXWHISPER_CACHE_DIR`, default `~/.cache/maxwhisper`)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "maxwhisper"
+    return Path(os.environ.get("MAXWHISPER_CACHE_DIR", default)).expanduser()
+
+
+def build_dir() -> Path:
+    """Generated artefacts: executed notebooks, benchmark results, plots."""
+    return Path(os.environ.get("MAXWHISPER_BUILD_DIR", REPO_ROOT / "build")).expanduser()
