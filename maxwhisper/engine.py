@@ -29,6 +29,8 @@ from .settings import cache_dir
 from .weights import ModelDimensions, WhisperWeights
 
 DTYPES = {"float32": DType.float32, "float16": DType.float16}
+GRAPH_BUILDERS = {"encoder": graph_model.build_encoder_graph,
+                  "decoder": graph_model.build_decoder_graph}
 
 
 def select_device(device: str = "auto"):
@@ -93,6 +95,19 @@ def load_graph(session, builder, params: graph_model.Params, kind: str, device_l
     return model, registry
 
 
+@dataclass
+class RunStats:
+    """Time spent in the encoder and decoder graphs since the last reset (for the benchmark)."""
+
+    encode_s: float = 0.0
+    windows: int = 0
+    decode_s: float = 0.0
+    decode_steps: int = 0
+
+    def reset(self) -> None:
+        self.__init__()
+
+
 class KVCache:
     """Self-attention keys and values, (n_text_ctx, L, B, d), position first.
 
@@ -146,7 +161,7 @@ class MaxWhisperModel:
     """Whisper's encoder and KV-cached decoder, compiled with MAX, bound to real weights."""
 
     def __init__(self, weights: WhisperWeights, device: str = "auto", dtype: str = "float32",
-                 verbose: bool = True):
+                 verbose: bool = True, graphs: tuple[str, ...] = ("encoder", "decoder")):
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
         self.weights, self.dims = weights, weights.dims
@@ -154,15 +169,13 @@ class MaxWhisperModel:
         self.device = "cpu" if device_ref == DeviceRef.CPU() else "gpu"
         self.dtype = dtype
         self.report = CompileReport()
+        self.stats = RunStats()
         self.session = max_engine.InferenceSession(devices=[self.driver_device])
-        params = graph_model.Params(weights, device_ref, DTYPES[dtype])
-        self._encoder, self._encoder_registry = load_graph(
-            self.session, graph_model.build_encoder_graph, params, "encoder", self.device,
-            self.report, verbose)
-        params = graph_model.Params(weights, device_ref, DTYPES[dtype])
-        self._decoder, self._decoder_registry = load_graph(
-            self.session, graph_model.build_decoder_graph, params, "decoder", self.device,
-            self.report, verbose)
+        self._graphs, self._registries = {}, {}  # registry arrays must outlive the models
+        for kind in graphs:  # each graph gets its own Params: it records only what it uses
+            params = graph_model.Params(weights, device_ref, DTYPES[dtype])
+            self._graphs[kind], self._registries[kind] = load_graph(self.session, GRAPH_BUILDERS[kind], params, kind,
+                                               self.device, self.report, verbose)
 
     def _run(self, model, *arrays: np.ndarray) -> list[np.ndarray]:
         inputs = [Buffer.from_numpy(np.ascontiguousarray(a)).to(self.driver_device)
@@ -177,16 +190,33 @@ class MaxWhisperModel:
         expected = (self.dims.n_mels, 2 * self.dims.n_audio_ctx)
         if mel.shape[1:] != expected:
             raise ValueError(f"mel must be (batch, {expected[0]}, {expected[1]}), got {mel.shape}")
-        return AudioFeatures(*self._run(self._encoder, mel))
+        start = time.perf_counter()
+        features = AudioFeatures(*self._run(self._graphs["encoder"], mel))
+        self.stats.encode_s += time.perf_counter() - start
+        self.stats.windows += mel.shape[0]
+        return features
 
     def decode(self, tokens: np.ndarray, features: AudioFeatures, cache: KVCache) -> np.ndarray:
         """Run new tokens (B, S) after the cached ones; returns logits (B, S, V), grows the cache."""
         tokens = np.asarray(tokens, dtype=np.int64)
+        start = time.perf_counter()
         past_k, past_v = cache.past()
-        logits, new_k, new_v = self._run(self._decoder, tokens, past_k, past_v,
+        logits, new_k, new_v = self._run(self._graphs["decoder"], tokens, past_k, past_v,
                                          features.cross_keys, features.cross_values)
         cache.append(new_k, new_v)
+        self.stats.decode_s += time.perf_counter() - start
+        self.stats.decode_steps += 1
         return logits
 
     def new_cache(self, batch: int) -> KVCache:
         return KVCache(self.dims, batch)
+
+    @property
+    def is_multilingual(self) -> bool:
+        return self.dims.is_multilingual
+
+    def transcribe(self, audio, **options) -> dict:
+        """Whisper's long-form transcription on this model; see `maxwhisper.transcribe`."""
+        from .transcribe import transcribe
+
+        return transcribe(self, audio, **options)

@@ -1,0 +1,88 @@
+"""The reference engines: openai-whisper (PyTorch) and faster-whisper (CTranslate2).
+
+openai-whisper runs from our extracted `.npz` (loaded strictly into `whisper.model.Whisper`;
+nothing is downloaded); faster-whisper runs from the CTranslate2 folder of the same packaged
+model, in float32 or int8. Both get numpy samples from `maxwhisper.load_audio` (openai-whisper
+would otherwise shell out to an ffmpeg binary) and the same options.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import whisper
+from faster_whisper import WhisperModel
+
+from .audio import SAMPLE_RATE
+from .engines import TranscribeOptions, Transcription, segment_dict
+from .weights import DEFAULT_MODEL, WhisperWeights, ctranslate2_dir, load_weights
+
+
+def torch_whisper(weights: WhisperWeights) -> whisper.model.Whisper:
+    """openai-whisper's model with our extracted weights, loaded strictly (every name and shape)."""
+    dims = whisper.model.ModelDimensions(**{k: getattr(weights.dims, k)
+                                            for k in weights.dims.__dataclass_fields__})
+    model = whisper.model.Whisper(dims)
+    state = {name: torch.from_numpy(weights.float32(name)) for name in weights.tensors}
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+class OpenAIWhisperEngine:
+    name = "openai"
+
+    def __init__(self, model: str = DEFAULT_MODEL):
+        start = time.perf_counter()
+        self.model_name = model
+        self.model = torch_whisper(load_weights(model))
+        self.load_seconds = time.perf_counter() - start
+
+    def transcribe(self, audio: np.ndarray, options: TranscribeOptions = TranscribeOptions(),
+                   progress: bool | None = None) -> Transcription:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            result = self.model.transcribe(
+                audio, fp16=False, temperature=options.temperature, beam_size=options.beams,
+                language=options.language, without_timestamps=options.without_timestamps,
+                condition_on_previous_text=options.condition_on_previous_text,
+                initial_prompt=options.initial_prompt, verbose=None if not progress else False)
+        seconds = time.perf_counter() - start
+        segments = [segment_dict(s["start"], s["end"], s["text"], s["tokens"],
+                                 avg_logprob=s["avg_logprob"], no_speech_prob=s["no_speech_prob"])
+                    for s in result["segments"]]
+        return Transcription(result["text"], segments, result["language"], self.name,
+                             self.model_name, options.beam_size or 1, len(audio) / SAMPLE_RATE,
+                             {"load_s": self.load_seconds, "transcribe_s": seconds})
+
+
+class FasterWhisperEngine:
+    def __init__(self, model: str = DEFAULT_MODEL, compute_type: str = "float32"):
+        start = time.perf_counter()
+        self.name = "faster" if compute_type == "float32" else f"faster-{compute_type}"
+        self.model_name = model
+        folder: Path = ctranslate2_dir(model)
+        self.model = WhisperModel(str(folder), device="cpu", compute_type=compute_type,
+                                  cpu_threads=os.cpu_count() or 0, local_files_only=True)
+        self.load_seconds = time.perf_counter() - start
+
+    def transcribe(self, audio: np.ndarray, options: TranscribeOptions = TranscribeOptions(),
+                   progress: bool | None = None) -> Transcription:
+        start = time.perf_counter()
+        temperature = options.temperature
+        segments_iter, info = self.model.transcribe(
+            audio, beam_size=options.beam_size or 1, best_of=1,
+            temperature=list(temperature) if isinstance(temperature, (tuple, list)) else [temperature],
+            language=options.language, without_timestamps=options.without_timestamps,
+            condition_on_previous_text=options.condition_on_previous_text,
+            initial_prompt=options.initial_prompt, vad_filter=False)
+        segments = [segment_dict(s.start, s.end, s.text, s.tokens, avg_logprob=s.avg_logprob,
+                                 no_speech_prob=s.no_speech_prob) for s in segments_iter]
+        seconds = time.perf_counter() - start
+        return Transcription("".join(s["text"] for s in segments), segments, info.language,
+                             self.name, self.model_name, options.beam_size or 1,
+                             len(audio) / SAMPLE_RATE,
+                             {"load_s": self.load_seconds, "transcribe_s": seconds})

@@ -1,0 +1,276 @@
+"""The benchmark: every engine on the same audio, weights, beam size and CPUs, one command.
+
+Each engine runs in its own worker process (torch, CTranslate2 and MAX thread pools slow each
+other down when they share a process on a small machine). A worker loads its engine (reported
+as load time: a cold compile or a warm cache hit for MAX), runs one warm-up transcription that is
+reported separately, then transcribes every clip `repeat` times. The parent collects one JSON
+line per clip, computes WER against the speech manifest's references, prints a table with the
+ratios of max to every other engine and writes JSON after every result, so Ctrl-C keeps what
+was measured.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_ENGINES = "max,openai,faster-fp32,faster-int8"
+
+
+def add_bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark engines side by side")
+    p.add_argument("audio", nargs="+", help="audio files (speech-set files get a WER)")
+    p.add_argument("--engines", default=DEFAULT_ENGINES,
+                   help=f"comma-separated, from max, openai, faster-fp32, faster-int8 "
+                        f"(default {DEFAULT_ENGINES})")
+    p.add_argument("--model", default="tiny.en")
+    p.add_argument("--beam-size", default="1", help="one or more, comma-separated: 1,5")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--cpus", default=None, help="pin every worker to these CPUs, e.g. 0,1")
+    p.add_argument("--json", default=None, help="write results here (default build/bench.json)")
+    p.set_defaults(run=run_bench)
+
+
+def machine_info() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+
+    def version(package: str) -> str | None:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "cpus_used": sorted(os.sched_getaffinity(0)),
+            "python": platform.python_version(), "max": version("max"),
+            "torch": version("torch"), "ctranslate2": version("ctranslate2"),
+            "openai-whisper": version("openai-whisper"),
+            "faster-whisper": version("faster-whisper"),
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+
+
+def matmul_gflops(size: int = 1024, repeat: int = 5) -> float:
+    """This machine's float32 matmul rate with numpy (best of `repeat`)."""
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def encoder_gflop(dims) -> float:
+    """Multiply-adds x 2 of one 30-s encoder window (convs, projections, attention, MLP)."""
+    A, d, n_mels = dims.n_audio_ctx, dims.n_audio_state, dims.n_mels
+    convs = 2 * (2 * A * n_mels * d * 3) + 2 * (A * d * d * 3)
+    per_layer = 2 * A * d * d * 4 + 2 * A * A * d * 2 + 2 * A * d * 4 * d * 2
+    return (convs + dims.n_audio_layer * per_layer) / 1e9
+
+
+# --------------------------------------------------------------------------------------------
+# Worker: one engine, every clip
+# --------------------------------------------------------------------------------------------
+
+
+def worker(spec: dict) -> None:
+    if spec.get("cpus"):
+        os.sched_setaffinity(0, spec["cpus"])
+    from .audio import load_audio
+    from .engines import TranscribeOptions, load_engine
+
+    start = time.perf_counter()
+    engine = load_engine(spec["engine"], spec["model"], verbose=True)
+    load_s = time.perf_counter() - start
+    audios = {path: load_audio(path) for path in spec["audio"]}
+    first = next(iter(audios.values()))
+    for beam in spec["beam_sizes"]:
+        options = TranscribeOptions(beam_size=beam)
+        start = time.perf_counter()
+        engine.transcribe(first, options)  # warm-up: first-call allocations, caches
+        warmup_s = time.perf_counter() - start
+        for path, audio in audios.items():
+            walls, result, stats = [], None, None
+            for _ in range(spec["repeat"]):
+                model = getattr(engine, "model", None)
+                if hasattr(model, "stats"):
+                    model.stats.reset()
+                start = time.perf_counter()
+                result = engine.transcribe(audio, options)
+                walls.append(time.perf_counter() - start)
+                stats = getattr(model, "stats", None)
+            record = {
+                "engine": spec["engine"], "audio": path, "beam_size": beam,
+                "audio_seconds": result.audio_seconds, "wall_min_s": min(walls),
+                "wall_median_s": statistics.median(walls), "walls_s": walls,
+                "x_realtime": result.audio_seconds / min(walls), "text": result.text,
+                "tokens": len(result.tokens), "load_s": load_s, "warmup_s": warmup_s,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "encoder_ms_per_window": None, "decoder_ms_per_token": None,
+            }
+            if stats is not None and stats.windows:
+                record["encoder_ms_per_window"] = 1000 * stats.encode_s / stats.windows
+                record["decoder_ms_per_token"] = 1000 * stats.decode_s / max(stats.decode_steps, 1)
+                record["compile"] = {k: list(v) for k, v in engine.model.report.entries.items()}
+            print(json.dumps(record), flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Parent: spawn workers, gather, report
+# --------------------------------------------------------------------------------------------
+
+
+def _add_wer(record: dict) -> None:
+    from .speech import reference_for, word_error_rate
+
+    reference = reference_for(record["audio"])
+    record["wer"] = None if reference is None else word_error_rate([reference], [record["text"]])
+
+
+def _save(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(path)
+
+
+def add_ratios(results: list[dict]) -> None:
+    """speedup_vs[engine] = that engine's best wall time / max's, same clip and beam size."""
+    by_key = {(r["engine"], r["audio"], r["beam_size"]): r for r in results}
+    for r in results:
+        if r["engine"] != "max":
+            continue
+        r["speedup_vs"] = {e: by_key[(e, a, b)]["wall_min_s"] / r["wall_min_s"]
+                           for (e, a, b) in by_key if a == r["audio"] and b == r["beam_size"]
+                           and e != "max"}
+
+
+def format_table(results: list[dict]) -> str:
+    header = (f"{'engine':<12} {'clip':<28} {'beam':>4} {'audio s':>8} {'min s':>8} "
+              f"{'median s':>8} {'x RT':>7} {'enc ms/win':>10} {'dec ms/tok':>10} {'WER %':>6} "
+              f"{'max speedup':>11}")
+    lines = [header, "-" * len(header)]
+    for r in results:
+        fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+        speedup = r.get("max_speedup")
+        lines.append(
+            f"{r['engine']:<12} {Path(r['audio']).name[:28]:<28} {r['beam_size']:>4} "
+            f"{r['audio_seconds']:>8.1f} {r['wall_min_s']:>8.2f} {r['wall_median_s']:>8.2f} "
+            f"{r['x_realtime']:>7.1f} {fmt(r['encoder_ms_per_window'], '>10.0f')} "
+            f"{fmt(r['decoder_ms_per_token'], '>10.1f')} "
+            f"{fmt(None if r['wer'] is None else 100 * r['wer'], '>6.2f')} "
+            f"{fmt(speedup, '>10.2f') + ('x' if speedup else ''):>11}")
+    return "\n".join(lines)
+
+
+def run_bench(args) -> int:
+    from tqdm import tqdm
+
+    from .settings import build_dir
+
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    beams = [int(b) for b in str(args.beam_size).split(",")]
+    audio = [str(Path(a).resolve()) for a in args.audio]
+    for path in audio:
+        if not Path(path).is_file():
+            from .errors import AudioError
+
+            raise AudioError(f"{path}: no such file")
+    out = Path(args.json) if args.json else build_dir() / "bench.json"
+    cpus = [int(c) for c in args.cpus.split(",")] if args.cpus else sorted(os.sched_getaffinity(0))
+    report = {"machine": machine_info(), "model": args.model, "engines": engines,
+              "beam_sizes": beams, "repeat": args.repeat, "results": []}
+    report["machine"]["numpy_matmul_gflops"] = matmul_gflops()
+    total = len(engines) * len(audio) * len(beams)
+    try:
+        with tqdm(total=total, unit="run", disable=not sys.stderr.isatty()) as bar:
+            for engine in engines:
+                spec = {"engine": engine, "model": args.model, "audio": audio, "cpus": cpus,
+                        "beam_sizes": beams, "repeat": args.repeat}
+                proc = subprocess.Popen([sys.executable, "-m", "maxwhisper.bench", json.dumps(spec)],
+                                        stdout=subprocess.PIPE, text=True)
+                for line in proc.stdout:
+                    record = json.loads(line)
+                    _add_wer(record)
+                    report["results"].append(record)
+                    _save(out, report)
+                    bar.update(1)
+                    print(f"bench: {engine} {Path(record['audio']).name} beam {record['beam_size']}:"
+                          f" {record['wall_min_s']:.2f} s", file=sys.stderr)
+                if proc.wait() != 0:
+                    print(f"bench: the {engine} worker failed (exit {proc.returncode})",
+                          file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"bench: interrupted; results so far are in {out}", file=sys.stderr)
+    finalize(report, args.model)
+    _save(out, report)
+    print(format_table(report["results"]))
+    print(summary(report))
+    print(f"results: {out}")
+    return 0
+
+
+def finalize(report: dict, model: str) -> None:
+    """Ratios, and the encoder's share of the machine's matmul rate."""
+    from .weights import load_weights
+
+    results = report["results"]
+    add_ratios(results)
+    for r in results:
+        if r["engine"] == "max":
+            others = r.get("speedup_vs", {})
+            r["max_speedup"] = None
+            for e, ratio in others.items():
+                r.setdefault("ratios", {})[e] = ratio
+        else:
+            mx = [m for m in results if m["engine"] == "max" and m["audio"] == r["audio"]
+                  and m["beam_size"] == r["beam_size"]]
+            r["max_speedup"] = mx[0]["speedup_vs"][r["engine"]] if mx else None
+    dims = load_weights(model, verify=False).dims
+    report["encoder_gflop_per_window"] = encoder_gflop(dims)
+    enc = [r["encoder_ms_per_window"] for r in results if r.get("encoder_ms_per_window")]
+    if enc:
+        rate = report["encoder_gflop_per_window"] / (min(enc) / 1000)
+        report["max_encoder_gflops"] = rate
+        report["max_encoder_share_of_numpy_matmul"] = rate / report["machine"]["numpy_matmul_gflops"]
+
+
+def summary(report: dict) -> str:
+    m = report["machine"]
+    lines = [f"machine: {m['cpu']}, {len(m['cpus_used'])} CPUs, max {m['max']}, torch {m['torch']},"
+             f" ctranslate2 {m['ctranslate2']}, {m['date']}",
+             f"numpy float32 matmul: {m['numpy_matmul_gflops']:.1f} GFLOP/s"]
+    if "max_encoder_gflops" in report:
+        lines.append(f"max encoder: {report['encoder_gflop_per_window']:.1f} GFLOP per window at "
+                     f"{report['max_encoder_gflops']:.1f} GFLOP/s = "
+                     f"{100 * report['max_encoder_share_of_numpy_matmul']:.0f}% of numpy's matmul rate")
+    totals: dict[tuple[str, int], float] = {}
+    for r in report["results"]:
+        key = (r["engine"], r["beam_size"])
+        totals[key] = totals.get(key, 0.0) + r["wall_min_s"]
+    for (engine, beam), seconds in sorted(totals.items()):
+        mx = totals.get(("max", beam))
+        ratio = f"  (max is {seconds / mx:.2f}x faster)" if mx and engine != "max" else ""
+        lines.append(f"total beam {beam} {engine:<12} {seconds:8.2f} s{ratio}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    worker(json.loads(sys.argv[1]))

@@ -1,0 +1,105 @@
+"""The `maxwhisper` command: transcribe, extract (weights) and bench."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import AudioError, MaxWhisperError
+from .weights import DEFAULT_MODEL
+
+TEMPERATURE_SCHEDULE = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def _add_transcribe(sub) -> None:
+    p = sub.add_parser("transcribe", help="transcribe audio files")
+    p.add_argument("audio", nargs="+", help="audio files (wav, flac, mp3, ogg; any sample rate)")
+    p.add_argument("--engine", default="max", choices=["max", "openai", "faster"],
+                   help="max (MAX Graph, default), openai (openai-whisper), faster (faster-whisper)")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="tiny.en, base, or a path to a .pt / .npz checkpoint or CTranslate2 folder")
+    p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default)")
+    p.add_argument("--language", default=None, help="force a language (multilingual models)")
+    p.add_argument("--without-timestamps", action="store_true", help="text tokens only")
+    p.add_argument("--fallback", action="store_true",
+                   help="Whisper's temperature fallback (0.0 ... 1.0) on repetitive or "
+                        "unlikely text; off by default for deterministic output")
+    p.add_argument("--initial-prompt", default=None, help="text to condition the first window on")
+    p.add_argument("--device", default="auto", help="max engine: auto, cpu or gpu")
+    p.add_argument("--dtype", default="float32", help="max engine: float32 or float16 (GPU)")
+    p.add_argument("--compute-type", default="float32", help="faster engine: float32 or int8")
+    p.add_argument("--output-format", default="txt", choices=["txt", "srt", "vtt", "json", "all"])
+    p.add_argument("--output-dir", default=".", help="where the output files go")
+
+
+def _add_extract(sub) -> None:
+    p = sub.add_parser("extract", help="extract weights to the canonical .npz")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="tiny.en, base, a .pt checkpoint or a CTranslate2 folder")
+    p.add_argument("--output-dir", default=None, help="default: weights/ (MAXWHISPER_WEIGHTS_DIR)")
+
+
+def run_transcribe(args) -> int:
+    from .audio import is_silent, load_audio
+    from .engines import TranscribeOptions, load_engine
+    from .outputs import write_outputs
+
+    audios = []
+    for name in args.audio:  # check every input before the (slow) model load
+        audio = load_audio(name)
+        if is_silent(audio):
+            raise AudioError(f"{name}: audio is silent, nothing to transcribe")
+        audios.append((Path(name), audio))
+    if args.beam_size < 1:
+        raise MaxWhisperError(f"--beam-size must be at least 1, got {args.beam_size}")
+    engine = load_engine(args.engine, args.model, device=args.device, dtype=args.dtype,
+                         compute_type=args.compute_type)
+    options = TranscribeOptions(
+        beam_size=args.beam_size, language=args.language,
+        temperature=TEMPERATURE_SCHEDULE if args.fallback else 0.0,
+        without_timestamps=args.without_timestamps, initial_prompt=args.initial_prompt)
+    for path, audio in audios:
+        result = engine.transcribe(audio, options)
+        written = write_outputs(result, path, Path(args.output_dir), args.output_format)
+        print(result.text.strip())
+        print(f"maxwhisper: {path.name}: {result.audio_seconds:.1f} s of audio in "
+              f"{result.timings['transcribe_s']:.2f} s ({args.engine}); wrote "
+              f"{', '.join(str(p) for p in written)}", file=sys.stderr)
+    return 0
+
+
+def run_extract(args) -> int:
+    from .weights import extract, load_npz
+
+    path = extract(args.model, Path(args.output_dir) if args.output_dir else None)
+    weights = load_npz(path)
+    print(f"{path}  {weights.dims}  sha256(source)={weights.source_sha256[:16]}...")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="maxwhisper", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_transcribe(sub)
+    _add_extract(sub)
+    from .bench import add_bench_parser
+
+    add_bench_parser(sub)
+    args = parser.parse_args(argv)
+    try:
+        return {"transcribe": run_transcribe, "extract": run_extract}.get(
+            args.command, lambda a: a.run(a))(args)
+    except MaxWhisperError as exc:
+        print(f"maxwhisper: error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # bad option values (device, dtype, language, ...)
+        print(f"maxwhisper: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("maxwhisper: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

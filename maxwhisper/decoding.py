@@ -1,0 +1,362 @@
+"""Whisper's decoding rules for one 30-s window, in numpy, independent of the engine.
+
+Mirrors `whisper.decoding` so that, given the same logits, the same tokens come out: the
+start-of-transcript sequence, suppress-blank and the suppress-tokens set, the timestamp rules,
+greedy and beam search (Whisper's candidate scoring, patience and ranking), the no-speech
+probability and the compression ratio used for temperature fallback.
+
+The engine is anything with `encode(mel) -> features`, `new_cache(batch)` and
+`decode(tokens, features, cache) -> logits (B, S, V)`; `features.repeat(n)` and
+`cache.reorder(rows)` handle groups of beams. `MaxWhisperModel` is the one this package runs.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import numpy as np
+
+from .audio import CHUNK_LENGTH
+from .tokenizer import Tokenizer, get_tokenizer
+
+
+class WhisperEngine(Protocol):
+    dims: object
+
+    def encode(self, mel: np.ndarray): ...
+    def new_cache(self, batch: int): ...
+    def decode(self, tokens: np.ndarray, features, cache) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """What to decode and how; defaults and meaning as in openai-whisper."""
+
+    task: str = "transcribe"  # or "translate" (X -> English)
+    language: str | None = None  # None: detect it (multilingual models)
+    temperature: float = 0.0  # 0: greedy or beam search; > 0: sampling
+    sample_len: int | None = None  # most tokens to sample; default n_text_ctx // 2 = 224
+    best_of: int | None = None  # independent samples when temperature > 0
+    beam_size: int | None = None  # beams when temperature == 0; None: greedy
+    patience: float | None = None  # finished candidates to wait for = beam_size * patience
+    length_penalty: float | None = None  # None: rank by logprob / length; else Google NMT alpha
+    prompt: str | list[int] | None = None  # previous text, to condition on
+    prefix: str | list[int] | None = None  # forced start of this window's text
+    suppress_tokens: str | list[int] | None = "-1"  # "-1": the non-speech symbol set
+    suppress_blank: bool = True  # no blank or end-of-text as the first sampled token
+    without_timestamps: bool = False  # <|notimestamps|>: text tokens only
+    max_initial_timestamp: float | None = 1.0  # the first timestamp is at most this (seconds)
+    seed: int = 0  # random generator seed for temperature > 0
+
+
+@dataclass
+class DecodingResult:
+    language: str
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    avg_logprob: float = float("nan")
+    no_speech_prob: float = float("nan")
+    temperature: float = float("nan")
+    compression_ratio: float = float("nan")
+    language_probs: dict[str, float] | None = None
+
+
+def compression_ratio(text: str) -> float:
+    """How well gzip compresses `text`; above 2.4 Whisper treats the output as a repetition loop."""
+    data = text.encode("utf-8")
+    return len(data) / len(gzip.compress(data)) if data else 0.0
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32)
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def logsumexp(x: np.ndarray) -> float:
+    top = float(np.max(x))
+    if top == -np.inf:
+        return -np.inf
+    return top + float(np.log(np.sum(np.exp(x - top))))
+
+
+# --------------------------------------------------------------------------------------------
+# Logit filters: each masks logits (B, V) in place given the tokens so far (B, T)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SuppressBlank:
+    """At the first sampled position, forbid a blank (' ') and end-of-text."""
+
+    tokenizer: Tokenizer
+    sample_begin: int
+
+    def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
+        if tokens.shape[1] == self.sample_begin:
+            logits[:, self.tokenizer.encode(" ") + [self.tokenizer.eot]] = -np.inf
+
+
+@dataclass
+class SuppressTokens:
+    suppress: list[int]
+
+    def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
+        logits[:, self.suppress] = -np.inf
+
+
+@dataclass
+class ApplyTimestampRules:
+    """Timestamps come in pairs and never decrease; the first is at most max_initial; a
+    timestamp is forced when the timestamps' total probability beats every text token."""
+
+    tokenizer: Tokenizer
+    sample_begin: int
+    max_initial_timestamp_index: int | None
+
+    def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
+        tk = self.tokenizer
+        begin = tk.timestamp_begin
+        logits[:, tk.no_timestamps] = -np.inf
+        for k in range(tokens.shape[0]):
+            sampled = tokens[k, self.sample_begin :]
+            last_was_timestamp = len(sampled) >= 1 and sampled[-1] >= begin
+            penultimate_was_timestamp = len(sampled) < 2 or sampled[-2] >= begin
+            if last_was_timestamp:
+                if penultimate_was_timestamp:  # a pair just closed: text must follow
+                    logits[k, begin:] = -np.inf
+                else:  # an open pair: another timestamp (or end of text) must follow
+                    logits[k, : tk.eot] = -np.inf
+            timestamps = sampled[sampled >= begin]
+            if timestamps.size > 0:
+                # no going back in time; and a segment must have non-zero length
+                if last_was_timestamp and not penultimate_was_timestamp:
+                    last = timestamps[-1]
+                else:
+                    last = timestamps[-1] + 1
+                logits[k, begin:last] = -np.inf
+
+        if tokens.shape[1] == self.sample_begin:
+            logits[:, :begin] = -np.inf  # the text starts with a timestamp
+            if self.max_initial_timestamp_index is not None:
+                logits[:, begin + self.max_initial_timestamp_index + 1 :] = -np.inf
+
+        logprobs = log_softmax(logits)
+        for k in range(tokens.shape[0]):
+            if logsumexp(logprobs[k, begin:]) > logprobs[k, :begin].max():
+                logits[k, :begin] = -np.inf
+
+
+# --------------------------------------------------------------------------------------------
+# Token selection
+# --------------------------------------------------------------------------------------------
+
+
+class GreedyDecoder:
+    """Argmax at temperature 0; otherwise sample from softmax(logits / T)."""
+
+    def __init__(self, temperature: float, eot: int, seed: int = 0):
+        self.temperature, self.eot = temperature, eot
+        self.rng = np.random.default_rng(seed)
+
+    def update(self, tokens, logits, sum_logprobs, cache) -> tuple[np.ndarray, bool]:
+        if self.temperature == 0:
+            next_tokens = logits.argmax(axis=-1)
+        else:
+            probs = np.exp(log_softmax(logits / self.temperature).astype(np.float64))
+            next_tokens = np.array([self.rng.choice(p.size, p=p / p.sum()) for p in probs])
+        logprobs = log_softmax(logits)
+        current = logprobs[np.arange(len(next_tokens)), next_tokens]
+        sum_logprobs += current * (tokens[:, -1] != self.eot)
+        next_tokens[tokens[:, -1] == self.eot] = self.eot
+        tokens = np.concatenate([tokens, next_tokens[:, None]], axis=-1)
+        return tokens, bool((tokens[:, -1] == self.eot).all())
+
+    def finalize(self, tokens, sum_logprobs) -> tuple[list[list[np.ndarray]], list[list[float]]]:
+        tokens = np.pad(tokens, ((0, 0), (0, 1)), constant_values=self.eot)
+        return [list(tokens)], [sum_logprobs.tolist()]
+
+
+class BeamSearchDecoder:
+    """Whisper's beam search over one window: beam_size live beams, each extended by its
+    beam_size + 1 best tokens; finished candidates are collected until there are
+    round(beam_size * patience) of them."""
+
+    def __init__(self, beam_size: int, eot: int, patience: float | None = None):
+        self.beam_size, self.eot = beam_size, eot
+        self.max_candidates = round(beam_size * (patience or 1.0))
+        if self.max_candidates <= 0:
+            raise ValueError(f"invalid beam size ({beam_size}) or patience ({patience})")
+        self.finished: dict[tuple[int, ...], float] = {}
+
+    def update(self, tokens, logits, sum_logprobs, cache) -> tuple[np.ndarray, bool]:
+        logprobs = log_softmax(logits)
+        scores: dict[tuple[int, ...], float] = {}
+        sources: dict[tuple[int, ...], int] = {}
+        for j in range(self.beam_size):
+            prefix = tokens[j].tolist()
+            top = np.argsort(-logprobs[j], kind="stable")[: self.beam_size + 1]
+            for token in top:
+                sequence = tuple(prefix + [int(token)])
+                scores[sequence] = float(np.float32(sum_logprobs[j] + logprobs[j, token]))
+                sources[sequence] = j
+        next_tokens, source_rows, newly_finished = [], [], {}
+        for sequence in sorted(scores, key=scores.get, reverse=True):
+            if sequence[-1] == self.eot:
+                newly_finished[sequence] = scores[sequence]
+            else:
+                sum_logprobs[len(next_tokens)] = scores[sequence]
+                next_tokens.append(sequence)
+                source_rows.append(sources[sequence])
+                if len(next_tokens) == self.beam_size:
+                    break
+        cache.reorder(np.array(source_rows))
+        for sequence in sorted(newly_finished, key=newly_finished.get, reverse=True):
+            if len(self.finished) >= self.max_candidates:
+                break
+            self.finished[sequence] = newly_finished[sequence]
+        return np.array(next_tokens), len(self.finished) >= self.max_candidates
+
+    def finalize(self, tokens, sum_logprobs) -> tuple[list[list[np.ndarray]], list[list[float]]]:
+        if len(self.finished) < self.beam_size:  # not enough finished: add the live beams
+            for j in np.argsort(sum_logprobs)[::-1]:
+                self.finished[tuple(tokens[j].tolist() + [self.eot])] = float(sum_logprobs[j])
+                if len(self.finished) >= self.beam_size:
+                    break
+        return ([[np.array(s) for s in self.finished]], [list(self.finished.values())])
+
+
+def rank(tokens: list[list[int]], sum_logprobs: list[float], length_penalty: float | None) -> int:
+    """Index of the best candidate: highest log-probability per (penalised) length."""
+    scores = []
+    for sequence, logprob in zip(tokens, sum_logprobs, strict=True):
+        length = len(sequence)
+        penalty = length if length_penalty is None else ((5 + length) / 6) ** length_penalty
+        scores.append(logprob / penalty)
+    return int(np.argmax(scores))
+
+
+# --------------------------------------------------------------------------------------------
+# One window
+# --------------------------------------------------------------------------------------------
+
+
+def suppress_token_ids(tokenizer: Tokenizer, suppress_tokens) -> list[int]:
+    if isinstance(suppress_tokens, str):
+        suppress_tokens = [int(t) for t in suppress_tokens.split(",") if t.strip()]
+    suppress = list(suppress_tokens or [])
+    if -1 in suppress:
+        suppress = [t for t in suppress if t >= 0] + list(tokenizer.non_speech_tokens)
+    elif not suppress:
+        return []
+    suppress += [tokenizer.transcribe, tokenizer.translate, tokenizer.sot, tokenizer.sot_prev,
+                 tokenizer.sot_lm, tokenizer.no_speech]
+    return sorted(set(suppress))
+
+
+def detect_language(model: WhisperEngine, features, tokenizer: Tokenizer
+                    ) -> tuple[str, dict[str, float]]:
+    """The most likely language token after <|startoftranscript|>, and every language's probability."""
+    logits = model.decode(np.array([[tokenizer.sot]]), features, model.new_cache(1))[0, 0]
+    language_tokens = np.array(tokenizer.all_language_tokens)
+    language_logits = logits[language_tokens].astype(np.float64)
+    probs = np.exp(language_logits - language_logits.max())
+    probs /= probs.sum()
+    by_code = dict(zip(tokenizer.all_language_codes, probs.tolist(), strict=True))
+    return tokenizer.all_language_codes[int(np.argmax(language_logits))], by_code
+
+
+def initial_tokens(tokenizer: Tokenizer, options: DecodingOptions, n_ctx: int,
+                   sample_len: int) -> list[int]:
+    """[<|startofprev|> prompt...] sot [language task] [<|notimestamps|>] [prefix...]"""
+    tokens = list(tokenizer.sot_sequence_including_notimestamps if options.without_timestamps
+                  else tokenizer.sot_sequence)
+    if options.prefix:
+        prefix = options.prefix
+        prefix_tokens = tokenizer.encode(" " + prefix.strip()) if isinstance(prefix, str) else prefix
+        tokens += list(prefix_tokens)[-(n_ctx // 2 - sample_len):]  # [-0:] keeps all, as Whisper
+    if options.prompt:
+        prompt = options.prompt
+        prompt_tokens = tokenizer.encode(" " + prompt.strip()) if isinstance(prompt, str) else prompt
+        tokens = [tokenizer.sot_prev] + list(prompt_tokens)[-(n_ctx // 2 - 1):] + tokens
+    return tokens
+
+
+def decode(model: WhisperEngine, mel: np.ndarray, options: DecodingOptions = DecodingOptions(),
+           features=None) -> DecodingResult:
+    """Decode one (n_mels, 3000) window; `features` skips the encoder when already computed."""
+    dims = model.dims
+    if options.beam_size is not None and options.best_of is not None:
+        raise ValueError("beam_size and best_of can't be given together")
+    if options.temperature == 0 and options.best_of is not None:
+        raise ValueError("best_of with greedy sampling (T=0) is not compatible")
+    if options.patience is not None and options.beam_size is None:
+        raise ValueError("patience requires beam_size to be given")
+    if features is None:
+        features = model.encode(mel[None] if mel.ndim == 2 else mel)
+
+    language, language_probs = options.language or "en", None
+    if dims.is_multilingual and options.language is None:
+        probe = get_tokenizer(True, num_languages=dims.num_languages)
+        language, language_probs = detect_language(model, features, probe)
+    tokenizer = get_tokenizer(dims.is_multilingual, num_languages=dims.num_languages,
+                              language=language, task=options.task)
+
+    n_ctx = dims.n_text_ctx
+    sample_len = options.sample_len or n_ctx // 2
+    initial = initial_tokens(tokenizer, options, n_ctx, sample_len)
+    sample_begin, sot_index = len(initial), initial.index(tokenizer.sot)
+
+    filters: list = []
+    if options.suppress_blank:
+        filters.append(SuppressBlank(tokenizer, sample_begin))
+    suppress = suppress_token_ids(tokenizer, options.suppress_tokens)
+    if suppress:
+        filters.append(SuppressTokens(suppress))
+    if not options.without_timestamps:
+        precision = CHUNK_LENGTH / dims.n_audio_ctx
+        max_initial = (round(options.max_initial_timestamp / precision)
+                       if options.max_initial_timestamp else None)
+        filters.append(ApplyTimestampRules(tokenizer, sample_begin, max_initial))
+
+    if options.beam_size is not None:
+        n_group = options.beam_size
+        selector = BeamSearchDecoder(options.beam_size, tokenizer.eot, options.patience)
+    else:
+        n_group = options.best_of or 1
+        selector = GreedyDecoder(options.temperature, tokenizer.eot, options.seed)
+
+    group_features = features.repeat(n_group) if n_group > 1 else features
+    cache = model.new_cache(n_group)
+    tokens = np.tile(np.array(initial, dtype=np.int64), (n_group, 1))
+    sum_logprobs = np.zeros(n_group, dtype=np.float32)
+    no_speech_prob = float("nan")
+    for step in range(sample_len):
+        new_tokens = tokens if step == 0 else tokens[:, -1:]
+        logits = model.decode(new_tokens, group_features, cache)
+        if step == 0:
+            no_speech_prob = float(np.exp(log_softmax(logits[0, sot_index]))[tokenizer.no_speech])
+        logits = np.array(logits[:, -1], dtype=np.float32)
+        for logit_filter in filters:
+            logit_filter.apply(logits, tokens)
+        tokens, completed = selector.update(tokens, logits, sum_logprobs, cache)
+        if completed or tokens.shape[-1] > n_ctx:
+            break
+
+    candidates, candidate_logprobs = selector.finalize(tokens, sum_logprobs)
+    texts = [c[sample_begin:] for c in candidates[0]]
+    texts = [t[: int(np.nonzero(t == tokenizer.eot)[0][0])].tolist() for t in texts]
+    best = rank(texts, candidate_logprobs[0], options.length_penalty)
+    best_tokens, best_logprob = texts[best], candidate_logprobs[0][best]
+    text = tokenizer.decode(best_tokens).strip()
+    return DecodingResult(
+        language=language, tokens=best_tokens, text=text,
+        avg_logprob=best_logprob / (len(best_tokens) + 1), no_speech_prob=no_speech_prob,
+        temperature=options.temperature, compression_ratio=compression_ratio(text),
+        language_probs=language_probs)
+
+
+def with_options(options: DecodingOptions, **changes) -> DecodingOptions:
+    return replace(options, **changes)

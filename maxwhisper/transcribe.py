@@ -1,0 +1,217 @@
+"""Long-form transcription: Whisper's seek loop over 30-s windows, with temperature fallback.
+
+Follows `whisper.transcribe.transcribe` so the segments match the reference: each window is
+decoded (falling back to higher temperatures when the text is too repetitive or too unlikely),
+skipped when it is silence, split into segments at timestamp pairs, and the next window starts
+at the last complete timestamp. The previous text conditions the next window unless a window
+needed a temperature above 0.5. Word-level timestamps are not implemented.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .audio import (
+    FRAMES_PER_SECOND,
+    HOP_LENGTH,
+    N_FRAMES,
+    N_SAMPLES,
+    SAMPLE_RATE,
+    load_audio,
+    log_mel_spectrogram,
+    pad_or_trim,
+)
+from .decoding import DecodingOptions, DecodingResult, decode, detect_language
+from .errors import AudioError
+from .tokenizer import LANGUAGES, get_tokenizer
+
+
+def _fallback_decode(model, mel_window: np.ndarray, options: DecodingOptions,
+                     temperatures: tuple[float, ...], compression_ratio_threshold: float | None,
+                     logprob_threshold: float | None,
+                     no_speech_threshold: float | None) -> DecodingResult:
+    features = model.encode(mel_window[None])
+    result = None
+    for t in temperatures:
+        if t > 0:
+            window_options = DecodingOptions(**{**options.__dict__, "temperature": t,
+                                                "beam_size": None, "patience": None})
+        else:
+            window_options = DecodingOptions(**{**options.__dict__, "temperature": t,
+                                                "best_of": None})
+        result = decode(model, mel_window, window_options, features=features)
+        needs_fallback = (
+            (compression_ratio_threshold is not None
+             and result.compression_ratio > compression_ratio_threshold)
+            or (logprob_threshold is not None and result.avg_logprob < logprob_threshold))
+        if (no_speech_threshold is not None and logprob_threshold is not None
+                and result.no_speech_prob > no_speech_threshold
+                and result.avg_logprob < logprob_threshold):
+            needs_fallback = False  # silence: no point sampling harder
+        if not needs_fallback:
+            break
+    return result
+
+
+def transcribe(
+    model,
+    audio: str | Path | np.ndarray,
+    *,
+    verbose: bool | None = None,
+    temperature: float | tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+    compression_ratio_threshold: float | None = 2.4,
+    logprob_threshold: float | None = -1.0,
+    no_speech_threshold: float | None = 0.6,
+    condition_on_previous_text: bool = True,
+    initial_prompt: str | None = None,
+    progress: bool | None = None,
+    **decode_options,
+) -> dict:
+    """Transcribe `audio` (a path or 16 kHz float32 samples) with `model` (a MaxWhisperModel).
+
+    Returns {"text", "segments", "language"} like `whisper.transcribe`; each segment has id,
+    seek, start, end, text, tokens, temperature, avg_logprob, compression_ratio, no_speech_prob.
+    `progress` shows a bar over the audio (default: when stderr is a terminal).
+    """
+    if isinstance(audio, (str, Path)):
+        audio = load_audio(audio)
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.size == 0:
+        raise AudioError("audio contains no samples")
+    dims = model.dims
+    options = DecodingOptions(**decode_options)
+    mel = log_mel_spectrogram(audio, dims.n_mels, padding=N_SAMPLES)
+    content_frames = mel.shape[-1] - N_FRAMES
+
+    language = options.language
+    if language is None:
+        if not dims.is_multilingual:
+            language = "en"
+        else:
+            features = model.encode(pad_or_trim(mel, N_FRAMES)[None])
+            probe = get_tokenizer(True, num_languages=dims.num_languages)
+            language, _ = detect_language(model, features, probe)
+            if verbose is not None:
+                print(f"Detected language: {LANGUAGES[language].title()}", file=sys.stderr)
+    elif not dims.is_multilingual:
+        language = "en"  # an English-only model has no language token to force
+    options = DecodingOptions(**{**options.__dict__, "language": language})
+    tokenizer = get_tokenizer(dims.is_multilingual, num_languages=dims.num_languages,
+                              language=language, task=options.task)
+    temperatures = (temperature,) if isinstance(temperature, (int, float)) else tuple(temperature)
+
+    input_stride = N_FRAMES // dims.n_audio_ctx  # mel frames per audio position: 2
+    time_precision = input_stride * HOP_LENGTH / SAMPLE_RATE  # seconds per timestamp step
+    all_tokens: list[int] = []
+    all_segments: list[dict] = []
+    prompt_reset_since = 0
+    initial_prompt_tokens: list[int] = []
+    if initial_prompt is not None:
+        initial_prompt_tokens = tokenizer.encode(" " + initial_prompt.strip())
+        all_tokens.extend(initial_prompt_tokens)
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    from tqdm import tqdm
+
+    seek = 0
+    with tqdm(total=content_frames, unit="frames", disable=not progress) as bar:
+        while seek < content_frames:
+            time_offset = float(seek * HOP_LENGTH / SAMPLE_RATE)
+            segment_size = min(N_FRAMES, content_frames - seek)
+            mel_window = pad_or_trim(mel[:, seek : seek + segment_size], N_FRAMES)
+            segment_duration = segment_size * HOP_LENGTH / SAMPLE_RATE
+            window_options = DecodingOptions(
+                **{**options.__dict__, "prompt": all_tokens[prompt_reset_since:]})
+            result = _fallback_decode(model, mel_window, window_options, temperatures,
+                                      compression_ratio_threshold, logprob_threshold,
+                                      no_speech_threshold)
+            tokens = np.array(result.tokens, dtype=np.int64)
+
+            if no_speech_threshold is not None:
+                should_skip = result.no_speech_prob > no_speech_threshold
+                if logprob_threshold is not None and result.avg_logprob > logprob_threshold:
+                    should_skip = False  # confident text despite a high no-speech probability
+                if should_skip:
+                    seek += segment_size
+                    bar.update(segment_size)
+                    continue
+
+            previous_seek = seek
+            current_segments, seek = split_segments(
+                tokens, tokenizer, result, seek, segment_size, segment_duration, time_offset,
+                time_precision, input_stride)
+
+            if verbose:
+                for s in current_segments:
+                    print(f"[{format_timestamp(s['start'])} --> {format_timestamp(s['end'])}] "
+                          f"{s['text']}", file=sys.stderr)
+            for segment in current_segments:
+                if segment["start"] == segment["end"] or segment["text"].strip() == "":
+                    segment["text"], segment["tokens"] = "", []
+            all_segments.extend({"id": i, **s} for i, s in
+                                enumerate(current_segments, start=len(all_segments)))
+            all_tokens.extend(t for s in current_segments for t in s["tokens"])
+            if not condition_on_previous_text or result.temperature > 0.5:
+                prompt_reset_since = len(all_tokens)
+            bar.update(min(content_frames, seek) - previous_seek)
+
+    return {"text": tokenizer.decode(all_tokens[len(initial_prompt_tokens):]),
+            "segments": all_segments, "language": language}
+
+
+def split_segments(tokens: np.ndarray, tokenizer, result: DecodingResult, seek: int,
+                   segment_size: int, segment_duration: float, time_offset: float,
+                   time_precision: float, input_stride: int) -> tuple[list[dict], int]:
+    """Cut a window's tokens into segments at consecutive timestamps; return them and the new seek."""
+    begin = tokenizer.timestamp_begin
+
+    def segment(start: float, end: float, seg_tokens: np.ndarray) -> dict:
+        ids = seg_tokens.tolist()
+        return {"seek": seek, "start": start, "end": end,
+                "text": tokenizer.decode([t for t in ids if t < tokenizer.eot]), "tokens": ids,
+                "temperature": result.temperature, "avg_logprob": result.avg_logprob,
+                "compression_ratio": result.compression_ratio,
+                "no_speech_prob": result.no_speech_prob}
+
+    is_timestamp = tokens >= begin
+    single_timestamp_ending = is_timestamp[-2:].tolist() == [False, True]
+    consecutive = (np.nonzero(is_timestamp[:-1] & is_timestamp[1:])[0] + 1).tolist()
+    segments = []
+    if consecutive:
+        slices = consecutive + ([len(tokens)] if single_timestamp_ending else [])
+        last_slice = 0
+        for current in slices:
+            piece = tokens[last_slice:current]
+            segments.append(segment(time_offset + (int(piece[0]) - begin) * time_precision,
+                                    time_offset + (int(piece[-1]) - begin) * time_precision,
+                                    piece))
+            last_slice = current
+        if single_timestamp_ending:
+            seek += segment_size
+        else:
+            seek += (int(tokens[last_slice - 1]) - begin) * input_stride
+    else:
+        duration = segment_duration
+        timestamps = tokens[is_timestamp]
+        if len(timestamps) > 0 and int(timestamps[-1]) != begin:
+            duration = (int(timestamps[-1]) - begin) * time_precision
+        segments.append(segment(time_offset, time_offset + duration, tokens))
+        seek += segment_size
+    return segments, seek
+
+
+def format_timestamp(seconds: float, always_include_hours: bool = False,
+                     decimal_marker: str = ".") -> str:
+    milliseconds = round(seconds * 1000.0)
+    hours, milliseconds = divmod(milliseconds, 3_600_000)
+    minutes, milliseconds = divmod(milliseconds, 60_000)
+    secs, milliseconds = divmod(milliseconds, 1_000)
+    hours_marker = f"{hours:02d}:" if always_include_hours or hours > 0 else ""
+    return f"{hours_marker}{minutes:02d}:{secs:02d}{decimal_marker}{milliseconds:03d}"
+
+
+__all__ = ["transcribe", "format_timestamp", "FRAMES_PER_SECOND"]
