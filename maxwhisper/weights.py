@@ -465,6 +465,9 @@ def ctranslate2_dir(model: str = DEFAULT_MODEL) -> Path:
     path = Path(model).expanduser()
     if path.is_dir():
         return path
+    if model not in PACKAGED_MODELS:
+        raise ModelNameError(f"unknown model {model!r} for faster-whisper: it needs a CTranslate2 "
+                             f"folder or one of {', '.join(PACKAGED_MODELS)}")
     parts, folder = packaged_ctranslate2_files(model)
     if len(parts) == 1:
         return folder

@@ -1,0 +1,72 @@
+"""The audio front end: loading any audio to 16 kHz mono, and Whisper's exact log-mel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile
+
+from maxwhisper import audio as A
+from maxwhisper.errors import AudioError
+
+
+def test_mel_filters_equal_whispers_bundled_filters():
+    whisper_assets = pytest.importorskip("whisper").__path__[0] + "/assets/mel_filters.npz"
+    with np.load(whisper_assets) as bundled:
+        for n_mels in (80, 128):
+            assert np.abs(A.mel_filters(n_mels) - bundled[f"mel_{n_mels}"]).max() < 1e-6
+
+
+def test_log_mel_matches_openai_whisper_on_every_clip(speech_clips):
+    torch = pytest.importorskip("torch")
+    whisper = pytest.importorskip("whisper")
+    worst = 0.0
+    for clip in speech_clips:
+        samples = A.load_audio(clip.path)
+        for n_mels, padding in ((80, 0), (80, A.N_SAMPLES), (128, 0)):
+            ours = A.log_mel_spectrogram(samples, n_mels, padding=padding)
+            ref = whisper.log_mel_spectrogram(torch.from_numpy(samples), n_mels,
+                                              padding=padding).numpy()
+            assert ours.shape == ref.shape, clip.name
+            worst = max(worst, float(np.abs(ours - ref).max()))
+    assert worst <= 1e-4, worst
+
+
+def test_windows_are_padded_or_trimmed_like_whisper(jfk):
+    mel = A.log_mel_spectrogram(A.load_audio(jfk.path), padding=A.N_SAMPLES)
+    assert mel.shape == (80, A.N_FRAMES + round(jfk.duration_s * A.FRAMES_PER_SECOND))
+    assert A.pad_or_trim(mel, A.N_FRAMES).shape == (80, A.N_FRAMES)
+    assert A.pad_or_trim(np.ones(10), 4).tolist() == [1, 1, 1, 1]
+    assert A.pad_or_trim(np.ones(2), 4).tolist() == [1, 1, 0, 0]
+
+
+def test_resampling_and_downmixing(tmp_path, speech_clips):
+    lj = next(c for c in speech_clips if c.sample_rate == 22050)
+    samples = A.load_audio(lj.path)
+    assert samples.dtype == np.float32
+    assert abs(len(samples) / A.SAMPLE_RATE - lj.duration_s) < 0.01
+    tone = np.sin(2 * np.pi * 440 * np.arange(44100) / 44100).astype(np.float32)
+    stereo = np.stack([tone, 0.5 * tone], axis=1)
+    for fmt in ("wav", "flac", "ogg"):
+        path = tmp_path / f"stereo.{fmt}"
+        soundfile.write(path, stereo, 44100)
+        loaded = A.load_audio(path)
+        assert loaded.ndim == 1 and abs(len(loaded) - 16000) <= 1, fmt
+        assert abs(np.abs(loaded).max() - 0.75) < 0.05, fmt
+
+
+def test_bad_audio_gives_clear_errors(tmp_path):
+    with pytest.raises(AudioError, match="no such file"):
+        A.load_audio(tmp_path / "missing.wav")
+    with pytest.raises(AudioError, match="is a directory"):
+        A.load_audio(tmp_path)
+    text = tmp_path / "notes.wav"
+    text.write_text("this is not audio")
+    with pytest.raises(AudioError, match="not a readable audio file"):
+        A.load_audio(text)
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, np.zeros(0, dtype=np.float32), 16000)
+    with pytest.raises(AudioError, match="no audio samples"):
+        A.load_audio(empty)
+    assert A.is_silent(np.zeros(16000, dtype=np.float32))
+    assert not A.is_silent(np.full(16000, 0.1, dtype=np.float32))
