@@ -180,50 +180,68 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def run_benchmark(audio: list[str], engines: list[str], model: str = "tiny.en",
+                  beam_sizes: tuple[int, ...] = (1,), repeat: int = 3, out: Path | None = None,
+                  cpus: list[int] | None = None, on_result=None) -> dict:
+    """Run every engine in its own worker over `audio`; returns (and saves) the report.
+
+    `on_result(record, done, total)` is called after each engine/clip/beam result.
+    """
+    from .errors import AudioError
+    from .settings import build_dir
+
+    audio = [str(Path(a).resolve()) for a in audio]
+    for path in audio:
+        if not Path(path).is_file():
+            raise AudioError(f"{path}: no such file")
+    out = Path(out) if out else build_dir() / "bench.json"
+    cpus = cpus or sorted(os.sched_getaffinity(0))
+    report = {"machine": machine_info(), "model": model, "engines": engines,
+              "beam_sizes": list(beam_sizes), "repeat": repeat, "results": []}
+    report["machine"]["numpy_matmul_gflops"] = matmul_gflops()
+    total = len(engines) * len(audio) * len(beam_sizes)
+    try:
+        for engine in engines:
+            spec = {"engine": engine, "model": model, "audio": audio, "cpus": cpus,
+                    "beam_sizes": list(beam_sizes), "repeat": repeat}
+            proc = subprocess.Popen([sys.executable, "-m", "maxwhisper.bench", json.dumps(spec)],
+                                    stdout=subprocess.PIPE, text=True)
+            for line in proc.stdout:
+                record = json.loads(line)
+                _add_wer(record)
+                report["results"].append(record)
+                _save(out, report)
+                if on_result:
+                    on_result(record, len(report["results"]), total)
+            if proc.wait() != 0:
+                print(f"bench: the {engine} worker failed (exit {proc.returncode})",
+                      file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"bench: interrupted; results so far are in {out}", file=sys.stderr)
+    finalize(report, model)
+    _save(out, report)
+    report["path"] = str(out)
+    return report
+
+
 def run_bench(args) -> int:
     from tqdm import tqdm
 
-    from .settings import build_dir
-
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    beams = [int(b) for b in str(args.beam_size).split(",")]
-    audio = [str(Path(a).resolve()) for a in args.audio]
-    for path in audio:
-        if not Path(path).is_file():
-            from .errors import AudioError
+    beams = tuple(int(b) for b in str(args.beam_size).split(","))
+    cpus = [int(c) for c in args.cpus.split(",")] if args.cpus else None
+    total = len(engines) * len(args.audio) * len(beams)
+    with tqdm(total=total, unit="run", disable=not sys.stderr.isatty()) as bar:
+        def progress(record, done, total):
+            bar.update(1)
+            print(f"bench: {record['engine']} {Path(record['audio']).name} beam "
+                  f"{record['beam_size']}: {record['wall_min_s']:.2f} s", file=sys.stderr)
 
-            raise AudioError(f"{path}: no such file")
-    out = Path(args.json) if args.json else build_dir() / "bench.json"
-    cpus = [int(c) for c in args.cpus.split(",")] if args.cpus else sorted(os.sched_getaffinity(0))
-    report = {"machine": machine_info(), "model": args.model, "engines": engines,
-              "beam_sizes": beams, "repeat": args.repeat, "results": []}
-    report["machine"]["numpy_matmul_gflops"] = matmul_gflops()
-    total = len(engines) * len(audio) * len(beams)
-    try:
-        with tqdm(total=total, unit="run", disable=not sys.stderr.isatty()) as bar:
-            for engine in engines:
-                spec = {"engine": engine, "model": args.model, "audio": audio, "cpus": cpus,
-                        "beam_sizes": beams, "repeat": args.repeat}
-                proc = subprocess.Popen([sys.executable, "-m", "maxwhisper.bench", json.dumps(spec)],
-                                        stdout=subprocess.PIPE, text=True)
-                for line in proc.stdout:
-                    record = json.loads(line)
-                    _add_wer(record)
-                    report["results"].append(record)
-                    _save(out, report)
-                    bar.update(1)
-                    print(f"bench: {engine} {Path(record['audio']).name} beam {record['beam_size']}:"
-                          f" {record['wall_min_s']:.2f} s", file=sys.stderr)
-                if proc.wait() != 0:
-                    print(f"bench: the {engine} worker failed (exit {proc.returncode})",
-                          file=sys.stderr)
-    except KeyboardInterrupt:
-        print(f"bench: interrupted; results so far are in {out}", file=sys.stderr)
-    finalize(report, args.model)
-    _save(out, report)
+        report = run_benchmark(args.audio, engines, args.model, beams, args.repeat,
+                               Path(args.json) if args.json else None, cpus, progress)
     print(format_table(report["results"]))
     print(summary(report))
-    print(f"results: {out}")
+    print(f"results: {report['path']}")
     return 0
 
 

@@ -29,8 +29,12 @@ from .settings import cache_dir
 from .weights import ModelDimensions, WhisperWeights
 
 DTYPES = {"float32": DType.float32, "float16": DType.float16}
-GRAPH_BUILDERS = {"encoder": graph_model.build_encoder_graph,
-                  "decoder": graph_model.build_decoder_graph}
+GRAPH_BUILDERS = {
+    "encoder": graph_model.build_encoder_graph,
+    "decoder": graph_model.build_decoder_graph,
+    # the decoder again, also returning cross-attention weights (compiled on first use)
+    "alignment": lambda params: graph_model.build_decoder_graph(params, with_cross_weights=True),
+}
 
 
 def select_device(device: str = "auto"):
@@ -108,6 +112,45 @@ class RunStats:
         self.__init__()
 
 
+def execute(model, device, *arrays: np.ndarray) -> list[np.ndarray]:
+    """Run a loaded MAX model on numpy inputs (moved to `device`), outputs back as numpy."""
+    inputs = [Buffer.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays]
+    return [out.to(CPU()).to_numpy() for out in model.execute(*inputs)]
+
+
+@dataclass
+class Piece:
+    """One building block compiled as a graph of its own (for inspection, e.g. in notebooks)."""
+
+    name: str
+    model: object
+    device: object
+    registry: dict
+    compile_s: float
+
+    def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        return execute(self.model, self.device, *arrays)
+
+
+def compile_piece(name: str, input_types: list, body, weights: WhisperWeights,
+                  device: str = "auto") -> Piece:
+    """Compile `body(*inputs, params) -> output(s)` as graph `name`; MAX's own cache makes the
+    second compile of the same graph take seconds. `input_types` is [(dtype, shape), ...]."""
+    from max.graph import Graph, TensorType
+
+    driver, ref = select_device(device)
+    params = graph_model.Params(weights, ref)
+    types = [TensorType(dtype, shape, device=ref) for dtype, shape in input_types]
+    with Graph(name, input_types=types) as graph:
+        outputs = body(*(value.tensor for value in graph.inputs), params)
+        graph.output(*(outputs if isinstance(outputs, (tuple, list)) else (outputs,)))
+    start = time.perf_counter()
+    session = max_engine.InferenceSession(devices=[driver])
+    registry = params.registry()
+    model = session.load(graph, weights_registry=registry)
+    return Piece(name, model, driver, registry, time.perf_counter() - start)
+
+
 class KVCache:
     """Self-attention keys and values, (n_text_ctx, L, B, d), position first.
 
@@ -171,16 +214,23 @@ class MaxWhisperModel:
         self.report = CompileReport()
         self.stats = RunStats()
         self.session = max_engine.InferenceSession(devices=[self.driver_device])
+        self._device_ref, self._verbose = device_ref, verbose
         self._graphs, self._registries = {}, {}  # registry arrays must outlive the models
-        for kind in graphs:  # each graph gets its own Params: it records only what it uses
-            params = graph_model.Params(weights, device_ref, DTYPES[dtype])
-            self._graphs[kind], self._registries[kind] = load_graph(self.session, GRAPH_BUILDERS[kind], params, kind,
-                                               self.device, self.report, verbose)
+        for kind in graphs:
+            self._graph(kind)
+
+    def _graph(self, kind: str):
+        """The compiled graph `kind`, loaded (or compiled) on first use."""
+        if kind not in self._graphs:
+            # each graph gets its own Params, which records only the weights it uses
+            params = graph_model.Params(self.weights, self._device_ref, DTYPES[self.dtype])
+            self._graphs[kind], self._registries[kind] = load_graph(
+                self.session, GRAPH_BUILDERS[kind], params, kind, self.device, self.report,
+                self._verbose)
+        return self._graphs[kind]
 
     def _run(self, model, *arrays: np.ndarray) -> list[np.ndarray]:
-        inputs = [Buffer.from_numpy(np.ascontiguousarray(a)).to(self.driver_device)
-                  for a in arrays]
-        return [out.to(CPU()).to_numpy() for out in model.execute(*inputs)]
+        return execute(model, self.driver_device, *arrays)
 
     def encode(self, mel: np.ndarray) -> AudioFeatures:
         """mel (B, n_mels, 3000) float32 -> features and cross-attention K/V."""
@@ -191,7 +241,7 @@ class MaxWhisperModel:
         if mel.shape[1:] != expected:
             raise ValueError(f"mel must be (batch, {expected[0]}, {expected[1]}), got {mel.shape}")
         start = time.perf_counter()
-        features = AudioFeatures(*self._run(self._graphs["encoder"], mel))
+        features = AudioFeatures(*self._run(self._graph("encoder"), mel))
         self.stats.encode_s += time.perf_counter() - start
         self.stats.windows += mel.shape[0]
         return features
@@ -201,12 +251,21 @@ class MaxWhisperModel:
         tokens = np.asarray(tokens, dtype=np.int64)
         start = time.perf_counter()
         past_k, past_v = cache.past()
-        logits, new_k, new_v = self._run(self._graphs["decoder"], tokens, past_k, past_v,
+        logits, new_k, new_v = self._run(self._graph("decoder"), tokens, past_k, past_v,
                                          features.cross_keys, features.cross_values)
         cache.append(new_k, new_v)
         self.stats.decode_s += time.perf_counter() - start
         self.stats.decode_steps += 1
         return logits
+
+    def cross_attention(self, tokens: np.ndarray, features: AudioFeatures
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """Logits (B, S, V) and cross-attention weights (L, B, H, S, A) of a whole token sequence."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        empty = self.new_cache(tokens.shape[0]).past()
+        logits, _, _, weights = self._run(self._graph("alignment"), tokens, *empty,
+                                          features.cross_keys, features.cross_values)
+        return logits, weights
 
     def new_cache(self, batch: int) -> KVCache:
         return KVCache(self.dims, batch)

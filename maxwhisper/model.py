@@ -112,6 +112,21 @@ def conv_stem(mel: TensorValue, p: Params) -> TensorValue:
     return ops.gelu(conv1d(x, p, "encoder.conv2", stride=2))
 
 
+def sinusoids(length: int, channels: int, device: DeviceRef,
+              max_timescale: float = 10000.0) -> TensorValue:
+    """Whisper's sinusoidal position table (length, channels): sin | cos of position x rate.
+
+    The packaged checkpoints store this table as `encoder.positional_embedding`; computing it
+    in the graph shows where it comes from (the notebooks compare the two).
+    """
+    half = channels // 2
+    rate = ops.exp(ops.range(0, half, 1, out_dim=half, dtype=DType.float32, device=device)
+                   * float(-np.log(max_timescale) / (half - 1)))
+    position = ops.range(0, length, 1, out_dim=length, dtype=DType.float32, device=device)
+    angle = ops.unsqueeze(position, 1) * ops.unsqueeze(rate, 0)
+    return ops.concat([ops.sin(angle), ops.cos(angle)], axis=1)
+
+
 def split_heads(x: TensorValue, n_head: int) -> TensorValue:
     """(B, T, d) -> (B, H, T, hd)."""
     batch, length, d = x.shape
@@ -124,14 +139,20 @@ def merge_heads(x: TensorValue) -> TensorValue:
     return ops.reshape(ops.permute(x, [0, 2, 1, 3]), [batch, length, int(n_head) * int(hd)])
 
 
-def attention(q: TensorValue, k_t: TensorValue, v: TensorValue,
-              mask: TensorValue | None = None) -> TensorValue:
-    """softmax(q k^T / sqrt(hd) + mask) v with q (B,H,S,hd), k_t (B,H,hd,T), v (B,H,T,hd)."""
+def attention_weights(q: TensorValue, k_t: TensorValue,
+                      mask: TensorValue | None = None) -> TensorValue:
+    """softmax(q k^T / sqrt(hd) + mask), (B, H, S, T), from q (B,H,S,hd) and k_t (B,H,hd,T)."""
     scale = float(int(q.shape[-1]) ** -0.5)
     scores = q @ k_t
     if mask is not None:
         scores = scores + mask
-    return ops.softmax(scores * scale) @ v
+    return ops.softmax(scores * scale)
+
+
+def attention(q: TensorValue, k_t: TensorValue, v: TensorValue,
+              mask: TensorValue | None = None) -> TensorValue:
+    """Scaled dot-product attention; v is (B, H, T, hd)."""
+    return attention_weights(q, k_t, mask) @ v
 
 
 def self_attention(x: TensorValue, p: Params, name: str, n_head: int) -> TensorValue:
@@ -185,8 +206,11 @@ def causal_mask(length_new, length_past, device: DeviceRef) -> TensorValue:
 
 def decoder_block(x: TensorValue, p: Params, i: int, n_head: int, past_k: TensorValue,
                   past_v: TensorValue, cross_k_t: TensorValue, cross_v: TensorValue,
-                  mask: TensorValue) -> tuple[TensorValue, TensorValue, TensorValue]:
-    """One decoder layer on S new tokens. past_k/v: (P, B, d). Returns x and the new k, v (B,S,d)."""
+                  mask: TensorValue) -> tuple[TensorValue, ...]:
+    """One decoder layer on S new tokens, past_k/v (P, B, d).
+
+    Returns x, the new keys and values (B, S, d), and the cross-attention weights (B, H, S, A).
+    """
     name = f"decoder.blocks.{i}"
     h = p.layer_norm(x, f"{name}.attn_ln")
     q = split_heads(p.linear(h, f"{name}.attn.query"), n_head)
@@ -200,16 +224,21 @@ def decoder_block(x: TensorValue, p: Params, i: int, n_head: int, past_k: Tensor
 
     h = p.layer_norm(x, f"{name}.cross_attn_ln")
     q = split_heads(p.linear(h, f"{name}.cross_attn.query"), n_head)
-    x = x + p.linear(merge_heads(attention(q, cross_k_t, cross_v)), f"{name}.cross_attn.out")
+    cross_weights = attention_weights(q, cross_k_t)  # (B, H, S, A)
+    x = x + p.linear(merge_heads(cross_weights @ cross_v), f"{name}.cross_attn.out")
 
     x = x + mlp(p.layer_norm(x, f"{name}.mlp_ln"), p, name)
-    return x, k_new, v_new
+    return x, k_new, v_new, cross_weights
 
 
 def decoder_step(tokens: TensorValue, past_k: TensorValue, past_v: TensorValue,
                  cross_k_t: TensorValue, cross_v: TensorValue, p: Params,
-                 dims: ModelDimensions) -> tuple[TensorValue, TensorValue, TensorValue]:
-    """tokens (B, S) at positions P..P+S-1 -> logits (B, S, V), new k and v (S, L, B, d)."""
+                 dims: ModelDimensions, with_cross_weights: bool = False) -> tuple[TensorValue, ...]:
+    """tokens (B, S) at positions P..P+S-1 -> logits (B, S, V), new k and v (S, L, B, d).
+
+    With `with_cross_weights`, also every layer's cross-attention weights (L, B, H, S, A):
+    which audio positions each token attends to (Whisper aligns words with them).
+    """
     length_new, length_past = tokens.shape[1], past_k.shape[0]
     past = ops.shape_to_tensor([length_past]).reshape([])
     positions = ops.range(past, past + ops.shape_to_tensor([length_new]).reshape([]), 1,
@@ -217,16 +246,19 @@ def decoder_step(tokens: TensorValue, past_k: TensorValue, past_v: TensorValue,
     x = ops.gather(p.tensor("decoder.token_embedding.weight"), tokens, axis=0)
     x = x + ops.gather(p.tensor("decoder.positional_embedding"), positions, axis=0)
     mask = causal_mask(length_new, length_past, p.device)
-    new_k, new_v = [], []
+    new_k, new_v, cross_weights = [], [], []
     for i in range(dims.n_text_layer):
-        x, k, v = decoder_block(x, p, i, dims.n_text_head, past_k[:, i], past_v[:, i],
-                                cross_k_t[i], cross_v[i], mask)
+        x, k, v, weights = decoder_block(x, p, i, dims.n_text_head, past_k[:, i], past_v[:, i],
+                                         cross_k_t[i], cross_v[i], mask)
         new_k.append(k)
         new_v.append(v)
+        cross_weights.append(weights)
     x = p.layer_norm(x, "decoder.ln")
     logits = x @ ops.transpose(p.tensor("decoder.token_embedding.weight"), 0, 1)
     # (L, B, S, d) -> (S, L, B, d): position first, like the cache
     stack = [ops.permute(ops.stack(kv, axis=0), [2, 0, 1, 3]) for kv in (new_k, new_v)]
+    if with_cross_weights:
+        return logits, stack[0], stack[1], ops.stack(cross_weights, axis=0)
     return logits, stack[0], stack[1]
 
 
@@ -267,12 +299,13 @@ def decoder_input_types(dims: ModelDimensions, device: DeviceRef) -> list[Tensor
     ]
 
 
-def build_decoder_graph(p: Params) -> Graph:
-    """(tokens, past k, past v, cross k, cross v) -> (logits, new k, new v)."""
+def build_decoder_graph(p: Params, with_cross_weights: bool = False) -> Graph:
+    """(tokens, past k, past v, cross k, cross v) -> (logits, new k, new v[, cross weights])."""
     dims = p.weights.dims
-    with Graph("whisper_decoder", input_types=decoder_input_types(dims, p.device)) as graph:
+    name = "whisper_decoder_alignment" if with_cross_weights else "whisper_decoder"
+    with Graph(name, input_types=decoder_input_types(dims, p.device)) as graph:
         tokens, *rest = (value.tensor for value in graph.inputs)
         rest = [_from_float32(t, p.dtype) for t in rest]
-        logits, new_k, new_v = decoder_step(tokens, *rest, p, dims)
-        graph.output(*(_to_float32(t) for t in (logits, new_k, new_v)))
+        outputs = decoder_step(tokens, *rest, p, dims, with_cross_weights)
+        graph.output(*(_to_float32(t) for t in outputs))
     return graph

@@ -1,0 +1,168 @@
+"""The transcription demo behind notebook 05: choose a clip, play it, transcribe, compare.
+
+The MAX engine runs in the notebook's own process (one compiled model per weights name, kept);
+openai-whisper and faster-whisper run in worker processes through `maxwhisper.compare`, so the
+kernel never imports torch and the engines do not slow each other down.
+"""
+
+from __future__ import annotations
+
+import difflib
+import html
+import io
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .audio import SAMPLE_RATE, is_silent, load_audio
+from .engines import ENGINES, MaxEngine, TranscribeOptions, Transcription
+from .errors import AudioError, MaxWhisperError
+from .settings import REPO_ROOT
+from .speech import manifest, normalize, reference_for, word_error_rate
+from .transcribe import format_timestamp
+
+_engines: dict[tuple[str, str], MaxEngine] = {}
+
+
+def available_clips() -> dict[str, Path]:
+    """Label -> path for the speech set and the project's own demo clips in audio/."""
+    clips = {f"{c.name}  ({c.subset}, {c.duration_s:.1f} s)": c.path for c in manifest()}
+    for path in sorted((REPO_ROOT / "audio").glob("*.wav")):
+        clips[f"{path.name}  (audio/, synthetic)"] = path
+    return clips
+
+
+def transcribe_file(path: str | Path, model: str = "tiny.en", engine: str = "max",
+                    beam_size: int = 1, device: str = "auto") -> Transcription:
+    """Transcribe one file with one engine; MAX in-process, baselines in a worker process."""
+    samples = load_audio(path)
+    if is_silent(samples):
+        raise AudioError(f"{Path(path).name}: audio is silent, nothing to transcribe")
+    if engine == "max":
+        key = (model, device)
+        if key not in _engines:
+            _engines[key] = MaxEngine(model, device=device)
+        return _engines[key].transcribe(samples, TranscribeOptions(beam_size=beam_size))
+    from .compare import run_engine
+
+    record = run_engine(engine, [path], model, beam_size=beam_size)[0]
+    record.pop("audio", None)
+    record.pop("modules", None)
+    return Transcription(**record)
+
+
+def word_diff_html(reference: str, hypothesis: str) -> str:
+    """Normalised words of `hypothesis` against `reference`: missing struck out, extra marked."""
+    ref, hyp = normalize(reference).split(), normalize(hypothesis).split()
+    parts = []
+    for op, a0, a1, b0, b1 in difflib.SequenceMatcher(a=ref, b=hyp, autojunk=False).get_opcodes():
+        if op == "equal":
+            parts.append(html.escape(" ".join(hyp[b0:b1])))
+            continue
+        if a1 > a0:
+            parts.append(f"<del style='color:#b00'>{html.escape(' '.join(ref[a0:a1]))}</del>")
+        if b1 > b0:
+            parts.append(f"<ins style='color:#070;background:#dfd'>"
+                         f"{html.escape(' '.join(hyp[b0:b1]))}</ins>")
+    return " ".join(parts)
+
+
+def report_html(path: str | Path, result: Transcription,
+                baselines: dict[str, Transcription] | None = None) -> str:
+    """The transcript with timestamped segments, the reference and WER, and the baselines."""
+    reference = reference_for(path)
+    rows = "".join(
+        f"<tr><td style='white-space:nowrap'>[{format_timestamp(s['start'])} &rarr; "
+        f"{format_timestamp(s['end'])}]</td><td>{html.escape(s['text'].strip())}</td></tr>"
+        for s in result.segments)
+    out = [f"<h4>{result.engine} &middot; {result.model} &middot; beam {result.beam_size}: "
+           f"{result.audio_seconds:.1f} s of audio in {result.timings['transcribe_s']:.2f} s</h4>",
+           f"<p class='maxwhisper-transcript'><b>{html.escape(result.text.strip())}</b></p>",
+           f"<table>{rows}</table>"]
+    if reference is not None:
+        out.append(f"<p><b>Reference:</b> {html.escape(reference)}<br><b>WER:</b> "
+                   f"{100 * word_error_rate([reference], [result.text]):.2f}%</p>")
+    for name, other in (baselines or {}).items():
+        against = f"{result.engine} ({result.text.strip() == other.text.strip() and 'identical' or 'differs'})"
+        out.append(f"<p><b>{name}</b> vs {against}: {word_diff_html(result.text, other.text)}"
+                   f"<br><small>{other.timings['transcribe_s']:.2f} s</small></p>")
+    return "\n".join(out)
+
+
+def wav_bytes(samples: np.ndarray) -> bytes:
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, SAMPLE_RATE, format="WAV")
+    return buffer.getvalue()
+
+
+def build_app(model: str = "tiny.en", engine: str = "max", beam_size: int = 1,
+              device: str = "auto", compare: bool = True):
+    """The ipywidgets app: clip (or upload), player, model, engine, beam, device, Transcribe."""
+    import ipywidgets as w
+
+    clips = available_clips()
+    clip = w.Dropdown(options=list(clips), description="Clip", layout=w.Layout(width="480px"))
+    upload = w.FileUpload(accept="audio/*", multiple=False, description="Upload")
+    model_box = w.Dropdown(options=["tiny.en", "base"], value=model, description="Model")
+    engine_box = w.Dropdown(options=list(ENGINES), value=engine, description="Engine")
+    beam_box = w.BoundedIntText(value=beam_size, min=1, max=10, description="Beam size")
+    device_box = w.Dropdown(options=["auto", "cpu", "gpu"], value=device, description="Device")
+    compare_box = w.Checkbox(value=compare, description="Compare with the other engines")
+    button = w.Button(description="Transcribe", button_style="primary", icon="play")
+    player = w.Output()
+    result_area = w.HTML()
+    status = w.HTML()
+    state = {"path": None}
+
+    def selected_path() -> Path:
+        if upload.value:
+            item = upload.value[0]
+            target = Path(tempfile.mkdtemp(prefix="maxwhisper-upload-")) / item["name"]
+            target.write_bytes(bytes(item["content"]))
+            return target
+        return clips[clip.value]
+
+    def show_player(*_):
+        player.clear_output()
+        with player:
+            from IPython.display import Audio, display
+
+            try:
+                state["path"] = selected_path()
+                display(Audio(wav_bytes(load_audio(state["path"])), rate=SAMPLE_RATE))
+            except MaxWhisperError as error:
+                display(w.HTML(f"<b style='color:#b00'>{html.escape(str(error))}</b>"))
+
+    def on_transcribe(_):
+        button.disabled = True
+        status.value = "<i>transcribing...</i>"
+        try:
+            path = state["path"] or selected_path()
+            result = transcribe_file(path, model_box.value, engine_box.value, beam_box.value,
+                                     device_box.value)
+            others = {}
+            if compare_box.value:
+                for other in ENGINES:
+                    if other != engine_box.value:
+                        status.value = f"<i>running {other} for comparison...</i>"
+                        others[other] = transcribe_file(path, model_box.value, other,
+                                                        beam_box.value, device_box.value)
+            result_area.value = report_html(path, result, others)
+            status.value = ""
+        except (MaxWhisperError, ValueError) as error:
+            status.value = f"<b style='color:#b00'>{html.escape(str(error))}</b>"
+        finally:
+            button.disabled = False
+
+    clip.observe(show_player, names="value")
+    upload.observe(show_player, names="value")
+    button.on_click(on_transcribe)
+    show_player()
+    controls = w.VBox([w.HBox([clip, upload]), player,
+                       w.HBox([model_box, engine_box]), w.HBox([beam_box, device_box]),
+                       w.HBox([compare_box, button]), status, result_area])
+    controls.transcribe_button = button  # for scripted use
+    return controls
