@@ -6,8 +6,9 @@ greedy and beam search (Whisper's candidate scoring, patience and ranking), the 
 probability and the compression ratio used for temperature fallback.
 
 The engine is anything with `encode(mel) -> features`, `new_cache(batch)` and
-`decode(tokens, features, cache) -> logits (B, S, V)`; `features.repeat(n)` and
-`cache.reorder(rows)` handle groups of beams. `MaxWhisperModel` is the one this package runs.
+`decode(tokens, features, cache) -> logits (B, S, V)`, where the B rows (beams or samples) share
+one window's features, and `cache.reorder(rows)` follows the beams that were kept.
+`MaxWhisperModel` is the one this package runs.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ class WhisperEngine(Protocol):
 
     def encode(self, mel: np.ndarray): ...
     def new_cache(self, batch: int): ...
-    def decode(self, tokens: np.ndarray, features, cache) -> np.ndarray: ...
+    def decode(self, tokens: np.ndarray, features, cache,
+               positions: list[int] | None = None) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -259,7 +261,7 @@ def suppress_token_ids(tokenizer: Tokenizer, suppress_tokens) -> list[int]:
 def detect_language(model: WhisperEngine, features, tokenizer: Tokenizer
                     ) -> tuple[str, dict[str, float]]:
     """The most likely language token after <|startoftranscript|>, and every language's probability."""
-    logits = model.decode(np.array([[tokenizer.sot]]), features, model.new_cache(1))[0, 0]
+    logits = model.decode(np.array([[tokenizer.sot]]), features, model.new_cache(1), [0])[0, 0]
     language_tokens = np.array(tokenizer.all_language_tokens)
     language_logits = logits[language_tokens].astype(np.float64)
     probs = np.exp(language_logits - language_logits.max())
@@ -328,16 +330,16 @@ def decode(model: WhisperEngine, mel: np.ndarray, options: DecodingOptions = Dec
         n_group = options.best_of or 1
         selector = GreedyDecoder(options.temperature, tokenizer.eot, options.seed)
 
-    group_features = features.repeat(n_group) if n_group > 1 else features
     cache = model.new_cache(n_group)
     tokens = np.tile(np.array(initial, dtype=np.int64), (n_group, 1))
     sum_logprobs = np.zeros(n_group, dtype=np.float32)
     no_speech_prob = float("nan")
     for step in range(sample_len):
-        new_tokens = tokens if step == 0 else tokens[:, -1:]
-        logits = model.decode(new_tokens, group_features, cache)
-        if step == 0:
-            no_speech_prob = float(np.exp(log_softmax(logits[0, sot_index]))[tokenizer.no_speech])
+        if step == 0:  # the whole prompt; logits at <|startoftranscript|> and at the end
+            logits = model.decode(tokens, features, cache, positions=[sot_index, -1])
+            no_speech_prob = float(np.exp(log_softmax(logits[0, 0]))[tokenizer.no_speech])
+        else:
+            logits = model.decode(tokens[:, -1:], features, cache, positions=[-1])
         logits = np.array(logits[:, -1], dtype=np.float32)
         for logit_filter in filters:
             logit_filter.apply(logits, tokens)

@@ -84,7 +84,8 @@ def report_html(path: str | Path, result: Transcription,
         out.append(f"<p><b>Reference:</b> {html.escape(reference)}<br><b>WER:</b> "
                    f"{100 * word_error_rate([reference], [result.text]):.2f}%</p>")
     for name, other in (baselines or {}).items():
-        against = f"{result.engine} ({result.text.strip() == other.text.strip() and 'identical' or 'differs'})"
+        verdict = "identical" if result.text.strip() == other.text.strip() else "differs"
+        against = f"{result.engine} ({verdict})"
         out.append(f"<p><b>{name}</b> vs {against}: {word_diff_html(result.text, other.text)}"
                    f"<br><small>{other.timings['transcribe_s']:.2f} s</small></p>")
     return "\n".join(out)

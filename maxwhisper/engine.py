@@ -152,52 +152,53 @@ def compile_piece(name: str, input_types: list, body, weights: WhisperWeights,
 
 
 class KVCache:
-    """Self-attention keys and values, (n_text_ctx, L, B, d), position first.
+    """Self-attention keys (L, B, H, hd, T) and values (L, B, H, T, hd), preallocated for the
+    whole text context T, of which the first `length` slots are filled.
 
-    `past()` hands the graph the first `length` rows as contiguous zero-copy arrays; `append`
-    writes the rows the graph returned in place; `reorder` follows beams that were kept.
+    The decoder graph takes both arrays whole (zero-copy) with `length`, and returns the new
+    tokens' keys and values, which `append` writes in place; `reorder` follows the beams kept.
     """
 
     def __init__(self, dims: ModelDimensions, batch: int):
-        shape = (dims.n_text_ctx, dims.n_text_layer, batch, dims.n_text_state)
-        self.keys = np.zeros(shape, dtype=np.float32)
-        self.values = np.zeros(shape, dtype=np.float32)
+        L, H, T = dims.n_text_layer, dims.n_text_head, dims.n_text_ctx
+        hd = dims.n_text_state // H
+        self.keys_t = np.zeros((L, batch, H, hd, T), dtype=np.float32)
+        self.values = np.zeros((L, batch, H, T, hd), dtype=np.float32)
         self.length = 0
 
-    def past(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.keys[: self.length], self.values[: self.length]
+    def inputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return np.array([self.length], dtype=np.int64), self.keys_t, self.values
 
-    def append(self, new_keys: np.ndarray, new_values: np.ndarray) -> None:
-        n = new_keys.shape[0]
-        if self.length + n > self.keys.shape[0]:
-            raise ValueError(f"decoder context of {self.keys.shape[0]} tokens exceeded")
-        self.keys[self.length : self.length + n] = new_keys
-        self.values[self.length : self.length + n] = new_values
+    def append(self, new_keys_t: np.ndarray, new_values: np.ndarray) -> None:
+        n, start = new_values.shape[3], self.length
+        if start + n > self.values.shape[3]:
+            raise ValueError(f"decoder context of {self.values.shape[3]} tokens exceeded")
+        self.keys_t[..., start : start + n] = new_keys_t
+        self.values[:, :, :, start : start + n] = new_values
         self.length += n
 
     def reorder(self, source_rows: np.ndarray) -> None:
         """Row b of the batch becomes old row source_rows[b] (beam search bookkeeping)."""
+        if np.array_equal(source_rows, np.arange(len(source_rows))):
+            return
         n = self.length
-        self.keys[:n] = self.keys[:n, :, source_rows]
-        self.values[:n] = self.values[:n, :, source_rows]
-
-    def rewind(self, length: int) -> None:
-        self.length = length
+        self.keys_t[..., :n] = self.keys_t[:, source_rows, ..., :n]
+        self.values[:, :, :, :n] = self.values[:, source_rows, :, :n]
 
 
 @dataclass
 class AudioFeatures:
-    """What the encoder gives per window: features and the decoder's cross-attention K/V."""
+    """What the encoder gives for B windows: features and the decoder's cross-attention K/V."""
 
     audio: np.ndarray  # (B, A, d)
     cross_keys: np.ndarray  # (L, B, H, hd, A)
     cross_values: np.ndarray  # (L, B, H, A, hd)
 
-    def repeat(self, times: int) -> AudioFeatures:
-        """Each window's features `times` times in a row (one copy per beam)."""
-        return AudioFeatures(np.repeat(self.audio, times, axis=0),
-                             np.ascontiguousarray(np.repeat(self.cross_keys, times, axis=1)),
-                             np.ascontiguousarray(np.repeat(self.cross_values, times, axis=1)))
+    def window(self, index: int) -> AudioFeatures:
+        """The features of one window (batch of one), as the decoder takes them."""
+        pick = slice(index, index + 1)
+        return AudioFeatures(self.audio[pick], np.ascontiguousarray(self.cross_keys[:, pick]),
+                             np.ascontiguousarray(self.cross_values[:, pick]))
 
 
 class MaxWhisperModel:
@@ -246,13 +247,18 @@ class MaxWhisperModel:
         self.stats.windows += mel.shape[0]
         return features
 
-    def decode(self, tokens: np.ndarray, features: AudioFeatures, cache: KVCache) -> np.ndarray:
-        """Run new tokens (B, S) after the cached ones; returns logits (B, S, V), grows the cache."""
+    def decode(self, tokens: np.ndarray, features: AudioFeatures, cache: KVCache,
+               positions: list[int] | None = None) -> np.ndarray:
+        """Run new tokens (B, S) after the cached ones and grow the cache; returns the logits
+        (B, K, V) at `positions` (indices into the S new tokens; default all S).
+
+        All B rows (beams) attend to the one window in `features`.
+        """
         tokens = np.asarray(tokens, dtype=np.int64)
+        picks = self._picks(tokens, positions)
         start = time.perf_counter()
-        past_k, past_v = cache.past()
-        logits, new_k, new_v = self._run(self._graph("decoder"), tokens, past_k, past_v,
-                                         features.cross_keys, features.cross_values)
+        logits, new_k, new_v = self._run(self._graph("decoder"), tokens, *cache.inputs(),
+                                         *self._cross(features), picks)
         cache.append(new_k, new_v)
         self.stats.decode_s += time.perf_counter() - start
         self.stats.decode_steps += 1
@@ -262,10 +268,23 @@ class MaxWhisperModel:
                         ) -> tuple[np.ndarray, np.ndarray]:
         """Logits (B, S, V) and cross-attention weights (L, B, H, S, A) of a whole token sequence."""
         tokens = np.asarray(tokens, dtype=np.int64)
-        empty = self.new_cache(tokens.shape[0]).past()
+        empty = self.new_cache(tokens.shape[0]).inputs()
         logits, _, _, weights = self._run(self._graph("alignment"), tokens, *empty,
-                                          features.cross_keys, features.cross_values)
+                                          *self._cross(features), self._picks(tokens, None))
         return logits, weights
+
+    @staticmethod
+    def _picks(tokens: np.ndarray, positions: list[int] | None) -> np.ndarray:
+        length = tokens.shape[1]
+        if positions is None:
+            return np.arange(length, dtype=np.int64)
+        return np.array([p % length for p in positions], dtype=np.int64)
+
+    @staticmethod
+    def _cross(features: AudioFeatures) -> tuple[np.ndarray, np.ndarray]:
+        if features.cross_keys.shape[1] != 1:
+            raise ValueError("the decoder takes one window's features; use features.window(i)")
+        return features.cross_keys[:, 0], features.cross_values[:, 0]
 
     def new_cache(self, batch: int) -> KVCache:
         return KVCache(self.dims, batch)

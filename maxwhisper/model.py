@@ -8,18 +8,21 @@ a graph of its own. Two graphs run a transcription:
   plus every decoder layer's cross-attention keys (L, B, H, hd, A) and values (L, B, H, A, hd),
   computed once per 30-s window;
 - the decoder step graph: new tokens (B, S) and the self-attention cache of the P tokens
-  before them -> logits (B, S, n_vocab) and the keys/values of the S new tokens.
+  before them -> logits (B, S, n_vocab) and the keys/values of the S new tokens. The B rows
+  (beams, or best-of samples) share one window's cross-attention K/V, read once per step.
 
-The self-attention cache is laid out (P, L, B, d), position first, so the caller can keep one
-preallocated array and pass its first P rows as a contiguous, zero-copy input; the graph only
-returns the S new rows, which the caller writes in place. Nothing grows or is copied whole per
-step. Batch (beams or windows), S and P are symbolic: one compiled graph serves every shape.
+The self-attention cache is preallocated for the whole text context (n_text_ctx slots) and
+passed whole, with the number P of filled slots: the graph masks the empty slots, attends to
+the cache and to the S new tokens without concatenating them, and returns only the new tokens'
+keys and values, which the caller writes into the cache in place. Nothing grows or is copied
+per step. Batch (beams), S and P vary at run time: one compiled graph serves every shape.
 
 This module imports no torch: weights arrive as numpy arrays through MAX's weights registry.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,11 +37,12 @@ NEG_INF = -1e30  # finite: a fully masked row must still give a valid softmax, n
 
 @dataclass
 class Params:
-    """Hands out graph `Weight`s by openai-whisper name and records how to fill the registry.
+    """Hands out graph `Weight`s derived from openai-whisper tensors, and fills the registry.
 
-    Linear weights are stored transposed (in, out) so every projection is a plain `x @ W`; conv
-    weights are stored in MAX's RSCF filter layout. `registry()` applies the same transforms to
-    the numpy arrays, so the graph and its registry can never disagree.
+    Every graph weight is a function of named checkpoint tensors: linear weights transposed to
+    (in, out) so a projection is a plain `x @ W`; q, k and v fused into one (in, 3 out) matrix;
+    conv filters in MAX's RSCF layout. The function is recorded with the weight, so `registry()`
+    builds exactly the arrays the graph declared.
     """
 
     weights: WhisperWeights
@@ -46,50 +50,59 @@ class Params:
     dtype: DType = DType.float32
 
     def __post_init__(self) -> None:
-        self._layouts: dict[str, str] = {}
+        self._makers: dict[str, Callable[[], np.ndarray]] = {}
         self._handles: dict[str, Weight] = {}
 
-    def _get(self, name: str, layout: str) -> TensorValue:
+    def derived(self, name: str, make: Callable[[], np.ndarray]) -> TensorValue:
+        """The graph weight `name`, whose value is `make()` (evaluated for the registry)."""
         if name not in self._handles:
-            shape = _transform(self.weights.tensors[name], layout).shape
-            self._handles[name] = Weight(name, self.dtype, shape, self.device)
-            self._layouts[name] = layout
+            self._handles[name] = Weight(name, self.dtype, make().shape, self.device)
+            self._makers[name] = make
         return self._handles[name]
 
     def tensor(self, name: str) -> TensorValue:
-        return self._get(name, "plain")
+        return self.derived(name, lambda: self.weights.tensors[name])
+
+    def transposed(self, name: str) -> TensorValue:
+        """A (out, in) matrix stored as (in, out)."""
+        return self.derived(f"{name}.T", lambda: self.weights.tensors[name].T)
+
+    def _bias(self, name: str, size: int) -> np.ndarray:
+        return self.weights.tensors.get(f"{name}.bias", np.zeros(size, np.float32))
 
     def linear(self, x: TensorValue, name: str) -> TensorValue:
         """openai-whisper's `Linear`: x @ W.T + b (no bias for attention keys)."""
-        y = x @ self._get(f"{name}.weight", "transpose")
+        y = x @ self.transposed(f"{name}.weight")
         if f"{name}.bias" in self.weights.tensors:
             y = y + self.tensor(f"{name}.bias")
         return y
+
+    def fused_linear(self, x: TensorValue, names: list[str]) -> list[TensorValue]:
+        """Several projections of the same input as one matmul (one read of x, one call),
+        split afterwards; missing biases (the key's) are zeros. Same dot products, same values."""
+        t = self.weights.tensors
+        sizes = [t[f"{n}.weight"].shape[0] for n in names]
+        joined = "+".join(names)
+        weight = self.derived(f"{joined}.weight.T", lambda: np.concatenate(
+            [t[f"{n}.weight"].T for n in names], axis=1))
+        bias = self.derived(f"{joined}.bias", lambda: np.concatenate(
+            [self._bias(n, size) for n, size in zip(names, sizes, strict=True)]))
+        return list(ops.split(x @ weight + bias, sizes, axis=-1))
 
     def layer_norm(self, x: TensorValue, name: str) -> TensorValue:
         return ops.layer_norm(x, self.tensor(f"{name}.weight"), self.tensor(f"{name}.bias"), LN_EPS)
 
     def conv_filter(self, name: str) -> TensorValue:
-        return self._get(name, "rscf")
+        """PyTorch conv1d weight (C_out, C_in, K) as a MAX conv2d filter (1, K, C_in, C_out)."""
+        return self.derived(f"{name}.rscf", lambda: self.weights.tensors[name].transpose(2, 1, 0)[None])
 
     def registry(self) -> dict[str, np.ndarray]:
         """numpy values for every weight this graph used, in its layout and dtype."""
         np_dtype = _NUMPY_DTYPES[self.dtype]
-        return {
-            name: np.ascontiguousarray(_transform(self.weights.tensors[name], layout), np_dtype)
-            for name, layout in self._layouts.items()
-        }
+        return {name: np.ascontiguousarray(make(), np_dtype) for name, make in self._makers.items()}
 
 
 _NUMPY_DTYPES = {DType.float32: np.float32, DType.float16: np.float16}
-
-
-def _transform(array: np.ndarray, layout: str) -> np.ndarray:
-    if layout == "transpose":  # (out, in) -> (in, out)
-        return array.T
-    if layout == "rscf":  # PyTorch conv1d (C_out, C_in, K) -> MAX conv2d (1, K, C_in, C_out)
-        return array.transpose(2, 1, 0)[None]
-    return array
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,12 +168,15 @@ def attention(q: TensorValue, k_t: TensorValue, v: TensorValue,
     return attention_weights(q, k_t, mask) @ v
 
 
+def qkv(x: TensorValue, p: Params, name: str) -> list[TensorValue]:
+    """The query, key and value projections of x, as one fused matmul."""
+    return p.fused_linear(x, [f"{name}.query", f"{name}.key", f"{name}.value"])
+
+
 def self_attention(x: TensorValue, p: Params, name: str, n_head: int) -> TensorValue:
     """Unmasked multi-head self-attention over (B, T, d) (the encoder's)."""
-    q = split_heads(p.linear(x, f"{name}.query"), n_head)
-    k_t = ops.permute(split_heads(p.linear(x, f"{name}.key"), n_head), [0, 1, 3, 2])
-    v = split_heads(p.linear(x, f"{name}.value"), n_head)
-    return p.linear(merge_heads(attention(q, k_t, v)), f"{name}.out")
+    q, k, v = (split_heads(t, n_head) for t in qkv(x, p, name))
+    return p.linear(merge_heads(attention(q, ops.permute(k, [0, 1, 3, 2]), v)), f"{name}.out")
 
 
 def mlp(x: TensorValue, p: Params, name: str) -> TensorValue:
@@ -182,84 +198,132 @@ def encoder(mel: TensorValue, p: Params, dims: ModelDimensions) -> TensorValue:
 
 
 def cross_kv(audio: TensorValue, p: Params, dims: ModelDimensions) -> tuple[TensorValue, TensorValue]:
-    """Every decoder layer's cross-attention keys (L,B,H,hd,A) and values (L,B,H,A,hd)."""
-    keys, values = [], []
-    for i in range(dims.n_text_layer):
-        name = f"decoder.blocks.{i}.cross_attn"
-        k = split_heads(p.linear(audio, f"{name}.key"), dims.n_text_head)
-        keys.append(ops.permute(k, [0, 1, 3, 2]))
-        values.append(split_heads(p.linear(audio, f"{name}.value"), dims.n_text_head))
-    return ops.stack(keys, axis=0), ops.stack(values, axis=0)
+    """Every decoder layer's cross-attention keys (L,B,H,hd,A) and values (L,B,H,A,hd).
+
+    All 2L projections of the audio features are one matmul (d -> 2 L d).
+    """
+    names = [f"decoder.blocks.{i}.cross_attn.{kv}" for i in range(dims.n_text_layer)
+             for kv in ("key", "value")]
+    projections = p.fused_linear(audio, names)
+    heads = [split_heads(t, dims.n_text_head) for t in projections]
+    keys = [ops.permute(k, [0, 1, 3, 2]) for k in heads[0::2]]
+    return ops.stack(keys, axis=0), ops.stack(heads[1::2], axis=0)
 
 
-def causal_mask(length_new, length_past, device: DeviceRef) -> TensorValue:
-    """(S, P+S) additive mask: new token i may see every past token and new tokens <= i."""
-    past = ops.shape_to_tensor([length_past]).reshape([])
-    new = ops.shape_to_tensor([length_new]).reshape([])
-    rows = ops.range(past, past + new, 1, out_dim=length_new, dtype=DType.int64, device=device)
-    cols = ops.range(0, past + new, 1, out_dim=length_past + length_new, dtype=DType.int64,
-                     device=device)
-    visible = ops.unsqueeze(cols, 0) <= ops.unsqueeze(rows, 1)
+def cache_masks(offset: TensorValue, length_new, capacity: int, device: DeviceRef
+                ) -> tuple[TensorValue, TensorValue]:
+    """Additive masks for S new tokens at positions P.. (P = `offset`, a scalar tensor):
+    over the cache's `capacity` slots only the first P are filled (1, T); among the new tokens
+    token i sees tokens <= i (S, S)."""
     zero = ops.constant(0.0, DType.float32, device=device)
-    return ops.where(visible, zero, ops.constant(NEG_INF, DType.float32, device=device))
+    blocked = ops.constant(NEG_INF, DType.float32, device=device)
+    slots = ops.range(0, capacity, 1, out_dim=capacity, dtype=DType.int64, device=device)
+    past = ops.where(ops.unsqueeze(slots < offset, 0), zero, blocked)
+    # A band of ones rather than comparing two ranges over the same symbolic dim: MAX 26.7
+    # miscompiled that comparison (every new token saw every other one) unless the mask was
+    # also a graph output.
+    ones = ops.broadcast_to(ops.constant(1.0, DType.float32, device=device),
+                            [length_new, length_new])
+    new = (1.0 - ops.band_part(ones, num_lower=None, num_upper=0)) * NEG_INF
+    return past, new
 
 
-def decoder_block(x: TensorValue, p: Params, i: int, n_head: int, past_k: TensorValue,
-                  past_v: TensorValue, cross_k_t: TensorValue, cross_v: TensorValue,
-                  mask: TensorValue) -> tuple[TensorValue, ...]:
-    """One decoder layer on S new tokens, past_k/v (P, B, d).
+def cached_self_attention(q: TensorValue, k_t: TensorValue, v: TensorValue, keys_t: TensorValue,
+                          values: TensorValue, past_mask: TensorValue, new_mask: TensorValue
+                          ) -> TensorValue:
+    """Attention of S new tokens over the cache and over themselves, without concatenating.
 
-    Returns x, the new keys and values (B, S, d), and the cross-attention weights (B, H, S, A).
+    q, v (B, H, S, hd) and k_t (B, H, hd, S) are the new tokens'; keys_t (B, H, hd, T) and
+    values (B, H, T, hd)
+    are the whole preallocated cache, its unfilled slots masked. Scores against the cache and
+    against the new keys are joined (only S x (T+S) numbers), one softmax, and the two value
+    products summed, so the cache is read in place and never copied.
+    """
+    scale = float(int(q.shape[-1]) ** -0.5)
+    capacity = int(keys_t.shape[-1])
+    scores = ops.concat([q @ keys_t + past_mask, q @ k_t + new_mask], axis=-1)
+    weights = ops.softmax(scores * scale)
+    return weights[..., :capacity] @ values + weights[..., capacity:] @ v
+
+
+def shared_cross_attention(q: TensorValue, k_t: TensorValue, v: TensorValue
+                           ) -> tuple[TensorValue, TensorValue]:
+    """Cross-attention of every batch row (beam) to one audio window.
+
+    q (B, H, S, hd); k_t (H, hd, A) and v (H, A, hd) are shared, so the beams are folded into
+    the rows of a single matmul per head: the keys and values are read once, not once per beam.
+    Returns the output (B, H, S, hd) and the weights (B, H, S, A).
+    """
+    batch, n_head, length, hd = q.shape
+    rows = ops.reshape(ops.permute(q, [1, 0, 2, 3]), [n_head, -1, hd])  # (H, B*S, hd)
+    weights = attention_weights(rows, k_t)  # (H, B*S, A)
+    out = ops.reshape(weights @ v, [n_head, batch, length, hd])
+    weights = ops.reshape(weights, [n_head, batch, length, int(k_t.shape[-1])])
+    return ops.permute(out, [1, 0, 2, 3]), ops.permute(weights, [1, 0, 2, 3])
+
+
+def decoder_block(x: TensorValue, p: Params, i: int, n_head: int, keys_t: TensorValue,
+                  values: TensorValue, cross_k_t: TensorValue, cross_v: TensorValue,
+                  masks: tuple[TensorValue, TensorValue]) -> tuple[TensorValue, ...]:
+    """One decoder layer on S new tokens; keys_t (B,H,hd,T) / values (B,H,T,hd) its cache.
+
+    Returns x, the new keys (B, H, hd, S) and values (B, H, S, hd) for the cache, and the
+    cross-attention weights (B, H, S, A).
     """
     name = f"decoder.blocks.{i}"
-    h = p.layer_norm(x, f"{name}.attn_ln")
-    q = split_heads(p.linear(h, f"{name}.attn.query"), n_head)
-    k_new = p.linear(h, f"{name}.attn.key")  # (B, S, d)
-    v_new = p.linear(h, f"{name}.attn.value")
-    k_all = ops.concat([ops.permute(past_k, [1, 0, 2]), k_new], axis=1)  # (B, P+S, d)
-    v_all = ops.concat([ops.permute(past_v, [1, 0, 2]), v_new], axis=1)
-    k_t = ops.permute(split_heads(k_all, n_head), [0, 1, 3, 2])
-    x = x + p.linear(merge_heads(attention(q, k_t, split_heads(v_all, n_head), mask)),
-                     f"{name}.attn.out")
+    q, k, v = qkv(p.layer_norm(x, f"{name}.attn_ln"), p, f"{name}.attn")  # (B, S, d) each
+    q, v = split_heads(q, n_head), split_heads(v, n_head)
+    batch, length, d = k.shape
+    k_t = ops.permute(ops.reshape(k, [batch, length, n_head, int(d) // n_head]), [0, 2, 3, 1])
+    attended = cached_self_attention(q, k_t, v, keys_t, values, *masks)
+    x = x + p.linear(merge_heads(attended), f"{name}.attn.out")
 
     h = p.layer_norm(x, f"{name}.cross_attn_ln")
     q = split_heads(p.linear(h, f"{name}.cross_attn.query"), n_head)
-    cross_weights = attention_weights(q, cross_k_t)  # (B, H, S, A)
-    x = x + p.linear(merge_heads(cross_weights @ cross_v), f"{name}.cross_attn.out")
+    attended, cross_weights = shared_cross_attention(q, cross_k_t, cross_v)
+    x = x + p.linear(merge_heads(attended), f"{name}.cross_attn.out")
 
     x = x + mlp(p.layer_norm(x, f"{name}.mlp_ln"), p, name)
-    return x, k_new, v_new, cross_weights
+    return x, k_t, v, cross_weights
 
 
-def decoder_step(tokens: TensorValue, past_k: TensorValue, past_v: TensorValue,
-                 cross_k_t: TensorValue, cross_v: TensorValue, p: Params,
-                 dims: ModelDimensions, with_cross_weights: bool = False) -> tuple[TensorValue, ...]:
-    """tokens (B, S) at positions P..P+S-1 -> logits (B, S, V), new k and v (S, L, B, d).
+def decoder_step(tokens: TensorValue, offset: TensorValue, keys_t: TensorValue,
+                 values: TensorValue, cross_k_t: TensorValue, cross_v: TensorValue,
+                 picks: TensorValue, p: Params, dims: ModelDimensions,
+                 with_cross_weights: bool = False) -> tuple[TensorValue, ...]:
+    """tokens (B, S) at positions P..P+S-1 (P = offset[0], the filled cache slots) ->
+    logits (B, K, V) at the K positions `picks` (indices into the S new tokens), and the new
+    tokens' keys (L, B, H, hd, S) and values (L, B, H, S, hd) to write into the cache.
 
-    With `with_cross_weights`, also every layer's cross-attention weights (L, B, H, S, A):
-    which audio positions each token attends to (Whisper aligns words with them).
+    Decoding needs the logits of the last token (and once, of <|startoftranscript|> for the
+    no-speech probability), not of a whole 200-token prompt: picking first saves reading the
+    vocabulary matrix for every prompt position.
+
+    The token embedding is kept as (d, V): the output projection, which reads all of it every
+    step, is then a plain row-major `x @ W` (measured faster in MAX than `x @ W.T`), and the
+    embedding lookup gathers B*S columns. With `with_cross_weights`, also every layer's
+    cross-attention weights (L, B, H, S, A): which audio each token attends to.
     """
-    length_new, length_past = tokens.shape[1], past_k.shape[0]
-    past = ops.shape_to_tensor([length_past]).reshape([])
+    length_new = tokens.shape[1]
+    past = ops.reshape(offset, [])
     positions = ops.range(past, past + ops.shape_to_tensor([length_new]).reshape([]), 1,
                           out_dim=length_new, dtype=DType.int64, device=p.device)
-    x = ops.gather(p.tensor("decoder.token_embedding.weight"), tokens, axis=0)
+    embedding = p.transposed("decoder.token_embedding.weight")  # (d, V)
+    x = ops.permute(ops.gather(embedding, tokens, axis=1), [1, 2, 0])  # (B, S, d)
     x = x + ops.gather(p.tensor("decoder.positional_embedding"), positions, axis=0)
-    mask = causal_mask(length_new, length_past, p.device)
+    masks = cache_masks(past, length_new, int(keys_t.shape[-1]), p.device)
     new_k, new_v, cross_weights = [], [], []
     for i in range(dims.n_text_layer):
-        x, k, v, weights = decoder_block(x, p, i, dims.n_text_head, past_k[:, i], past_v[:, i],
-                                         cross_k_t[i], cross_v[i], mask)
+        x, k, v, weights = decoder_block(x, p, i, dims.n_text_head, keys_t[i], values[i],
+                                         cross_k_t[i], cross_v[i], masks)
         new_k.append(k)
         new_v.append(v)
         cross_weights.append(weights)
-    x = p.layer_norm(x, "decoder.ln")
-    logits = x @ ops.transpose(p.tensor("decoder.token_embedding.weight"), 0, 1)
-    # (L, B, S, d) -> (S, L, B, d): position first, like the cache
-    stack = [ops.permute(ops.stack(kv, axis=0), [2, 0, 1, 3]) for kv in (new_k, new_v)]
+    logits = p.layer_norm(ops.gather(x, picks, axis=1), "decoder.ln") @ embedding
+    outputs = (logits, ops.stack(new_k, axis=0), ops.stack(new_v, axis=0))
     if with_cross_weights:
-        return logits, stack[0], stack[1], ops.stack(cross_weights, axis=0)
-    return logits, stack[0], stack[1]
+        return *outputs, ops.stack(cross_weights, axis=0)
+    return outputs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,23 +353,26 @@ def build_encoder_graph(p: Params) -> Graph:
 
 def decoder_input_types(dims: ModelDimensions, device: DeviceRef) -> list[TensorType]:
     L, H, A, d = dims.n_text_layer, dims.n_text_head, dims.n_audio_ctx, dims.n_text_state
-    hd = d // H
+    hd, T = d // H, dims.n_text_ctx
     return [
         TensorType(DType.int64, ["batch", "new"], device=device),  # tokens
-        TensorType(DType.float32, ["past", L, "batch", d], device=device),  # self keys
-        TensorType(DType.float32, ["past", L, "batch", d], device=device),  # self values
-        TensorType(DType.float32, [L, "batch", H, hd, A], device=device),  # cross keys^T
-        TensorType(DType.float32, [L, "batch", H, A, hd], device=device),  # cross values
+        TensorType(DType.int64, [1], device=device),  # filled cache slots P
+        TensorType(DType.float32, [L, "batch", H, hd, T], device=device),  # self keys^T cache
+        TensorType(DType.float32, [L, "batch", H, T, hd], device=device),  # self values cache
+        TensorType(DType.float32, [L, H, hd, A], device=device),  # cross keys^T, one window
+        TensorType(DType.float32, [L, H, A, hd], device=device),  # cross values, one window
+        TensorType(DType.int64, ["picks"], device=device),  # positions whose logits to return
     ]
 
 
 def build_decoder_graph(p: Params, with_cross_weights: bool = False) -> Graph:
-    """(tokens, past k, past v, cross k, cross v) -> (logits, new k, new v[, cross weights])."""
+    """(tokens, P, key cache, value cache, cross k, cross v, picks) ->
+    (logits, new keys, new values[, cross weights])."""
     dims = p.weights.dims
     name = "whisper_decoder_alignment" if with_cross_weights else "whisper_decoder"
     with Graph(name, input_types=decoder_input_types(dims, p.device)) as graph:
-        tokens, *rest = (value.tensor for value in graph.inputs)
-        rest = [_from_float32(t, p.dtype) for t in rest]
-        outputs = decoder_step(tokens, *rest, p, dims, with_cross_weights)
+        tokens, offset, *caches, picks = (value.tensor for value in graph.inputs)
+        caches = [_from_float32(t, p.dtype) for t in caches]
+        outputs = decoder_step(tokens, offset, *caches, picks, p, dims, with_cross_weights)
         graph.output(*(_to_float32(t) for t in outputs))
     return graph
