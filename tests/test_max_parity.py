@@ -12,8 +12,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import max_model
+
 from maxwhisper import audio as A
 from maxwhisper.compare import run_engine
 from maxwhisper.settings import build_dir
@@ -87,14 +87,14 @@ def test_longform_segments_identical(longform):
     ours, _ = _compare_all("tiny.en", [longform])
     segments = ours[0]["segments"]
     assert segments[-1]["end"] > 200 and len(segments) > 20
-    assert all(a["end"] <= b["start"] + 1e-6 for a, b in zip(segments, segments[1:]))
+    assert all(a["end"] <= b["start"] + 1e-6 for a, b in zip(segments, segments[1:], strict=False))
 
 
 @pytest.mark.slow
 def test_beam5_transcripts_equal_openai(short_clips):
     ours = run_engine("max", [c.path for c in short_clips], "tiny.en", beam_size=5)
     reference = run_engine("openai", [c.path for c in short_clips], "tiny.en", beam_size=5)
-    differences = [(c.name, a["text"], b["text"]) for a, b, c in zip(ours, reference, short_clips)
+    differences = [(c.name, a["text"], b["text"]) for a, b, c in zip(ours, reference, short_clips, strict=True)
                    if a["text"] != b["text"]]
     assert not differences, differences
 
