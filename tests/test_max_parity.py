@@ -94,8 +94,8 @@ def test_longform_segments_identical(longform):
 def test_beam5_transcripts_equal_openai(short_clips):
     ours = run_engine("max", [c.path for c in short_clips], "tiny.en", beam_size=5)
     reference = run_engine("openai", [c.path for c in short_clips], "tiny.en", beam_size=5)
-    differences = [(c.name, a["text"], b["text"]) for a, b, c in zip(ours, reference, short_clips, strict=True)
-                   if a["text"] != b["text"]]
+    pairs = zip(ours, reference, short_clips, strict=True)
+    differences = [(c.name, a["text"], b["text"]) for a, b, c in pairs if a["text"] != b["text"]]
     assert not differences, differences
 
 
