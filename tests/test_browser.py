@@ -31,12 +31,14 @@ def _free_port() -> int:
 @pytest.fixture
 def jupyterlab(tmp_path):
     port, token = _free_port(), secrets.token_hex(16)
+    # serve a copy, so that JupyterLab's autosave can never write outputs into the repository
+    served = shutil.copytree(REPO_ROOT / "notebooks", tmp_path / "notebooks")
     jupyter = Path(sys.executable).with_name("jupyter")
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
            "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}
     proc = subprocess.Popen(
         [str(jupyter), "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={REPO_ROOT / 'notebooks'}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={served}",
          "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "lab.log", "w"), env=env)
     base = f"http://127.0.0.1:{port}"
@@ -70,7 +72,7 @@ def test_demo_notebook_plays_and_transcribes_in_jupyterlab(jupyterlab, tmp_path)
             executable_path=CHROMIUM, headless=True,
             args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", f"--user-data-dir={tmp_path / 'chromium'}"])
+                  "--disable-sync"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
             page.goto(f"{base}/lab/tree/05_transcribe_demo.ipynb?token={token}")
