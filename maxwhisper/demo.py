@@ -113,7 +113,9 @@ def build_app(model: str = "tiny.en", engine: str = "max", beam_size: int = 1,
     device_box = w.Dropdown(options=["auto", "cpu", "gpu"], value=device, description="Device")
     compare_box = w.Checkbox(value=compare, description="Compare with the other engines")
     button = w.Button(description="Transcribe", button_style="primary", icon="play")
-    player = w.Output()
+    # an Audio widget rather than an Output widget: no output capture, which can hang headless
+    player = w.Audio(format="wav", autoplay=False, controls=True)
+    player_error = w.HTML()
     result_area = w.HTML()
     status = w.HTML()
     state = {"path": None}
@@ -127,15 +129,13 @@ def build_app(model: str = "tiny.en", engine: str = "max", beam_size: int = 1,
         return clips[clip.value]
 
     def show_player(*_):
-        player.clear_output()
-        with player:
-            from IPython.display import Audio, display
-
-            try:
-                state["path"] = selected_path()
-                display(Audio(wav_bytes(load_audio(state["path"])), rate=SAMPLE_RATE))
-            except MaxWhisperError as error:
-                display(w.HTML(f"<b style='color:#b00'>{html.escape(str(error))}</b>"))
+        try:
+            state["path"] = selected_path()
+            player.value = wav_bytes(load_audio(state["path"]))
+            player_error.value = ""
+        except MaxWhisperError as error:
+            state["path"] = None
+            player_error.value = f"<b style='color:#b00'>{html.escape(str(error))}</b>"
 
     def on_transcribe(_):
         button.disabled = True
@@ -162,7 +162,7 @@ def build_app(model: str = "tiny.en", engine: str = "max", beam_size: int = 1,
     upload.observe(show_player, names="value")
     button.on_click(on_transcribe)
     show_player()
-    controls = w.VBox([w.HBox([clip, upload]), player,
+    controls = w.VBox([w.HBox([clip, upload]), player, player_error,
                        w.HBox([model_box, engine_box]), w.HBox([beam_box, device_box]),
                        w.HBox([compare_box, button]), status, result_area])
     controls.transcribe_button = button  # for scripted use

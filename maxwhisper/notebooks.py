@@ -28,6 +28,7 @@ def execute(path: Path, quick: bool, out_dir: Path, html: bool = True) -> Path:
     target = out_dir / path.name
     papermill.execute_notebook(str(path), str(target), parameters={"quick": quick},
                                kernel_name="python3", cwd=str(NOTEBOOK_DIR), progress_bar=False,
+                               execution_timeout=1200,
                                log_output=False)
     if html:
         from nbconvert import HTMLExporter
