@@ -18,7 +18,7 @@ import whisper
 from faster_whisper import WhisperModel
 
 from .audio import SAMPLE_RATE
-from .engines import TranscribeOptions, Transcription, segment_dict
+from .engines import TranscribeOptions, Transcription, from_whisper_result, segment_dict
 from .weights import DEFAULT_MODEL, WhisperWeights, ctranslate2_dir, load_weights
 
 
@@ -50,13 +50,8 @@ class OpenAIWhisperEngine:
                 language=options.language, without_timestamps=options.without_timestamps,
                 condition_on_previous_text=options.condition_on_previous_text,
                 initial_prompt=options.initial_prompt, verbose=None if not progress else False)
-        seconds = time.perf_counter() - start
-        segments = [segment_dict(s["start"], s["end"], s["text"], s["tokens"],
-                                 avg_logprob=s["avg_logprob"], no_speech_prob=s["no_speech_prob"])
-                    for s in result["segments"]]
-        return Transcription(result["text"], segments, result["language"], self.name,
-                             self.model_name, options.beam_size or 1, len(audio) / SAMPLE_RATE,
-                             {"load_s": self.load_seconds, "transcribe_s": seconds})
+        return from_whisper_result(result, self.name, self.model_name, options, len(audio),
+                                   self.load_seconds, time.perf_counter() - start)
 
 
 class FasterWhisperEngine:

@@ -59,6 +59,18 @@ def segment_dict(start: float, end: float, text: str, tokens, **extra) -> dict:
             "tokens": [int(t) for t in tokens], **extra}
 
 
+def from_whisper_result(result: dict, engine: str, model: str, options: TranscribeOptions,
+                        samples: int, load_s: float, transcribe_s: float) -> Transcription:
+    """A `Transcription` from the {"text", "segments", "language"} dict whisper.transcribe
+    returns (our MAX transcribe returns the same shape)."""
+    segments = [segment_dict(s["start"], s["end"], s["text"], s["tokens"],
+                             avg_logprob=s["avg_logprob"], no_speech_prob=s["no_speech_prob"])
+                for s in result["segments"]]
+    return Transcription(result["text"], segments, result["language"], engine, model,
+                         options.beam_size or 1, samples / SAMPLE_RATE,
+                         {"load_s": load_s, "transcribe_s": transcribe_s})
+
+
 class MaxEngine:
     """Whisper on MAX Graph: our encoder and decoder graphs plus Whisper's decoding rules."""
 
@@ -84,13 +96,8 @@ class MaxEngine:
                             without_timestamps=options.without_timestamps,
                             condition_on_previous_text=options.condition_on_previous_text,
                             initial_prompt=options.initial_prompt, progress=progress)
-        seconds = time.perf_counter() - start
-        segments = [segment_dict(s["start"], s["end"], s["text"], s["tokens"],
-                                 avg_logprob=s["avg_logprob"], no_speech_prob=s["no_speech_prob"])
-                    for s in result["segments"]]
-        return Transcription(result["text"], segments, result["language"], self.name,
-                             self.model_name, options.beam_size or 1, len(audio) / SAMPLE_RATE,
-                             {"load_s": self.load_seconds, "transcribe_s": seconds})
+        return from_whisper_result(result, self.name, self.model_name, options, len(audio),
+                                   self.load_seconds, time.perf_counter() - start)
 
 
 def load_engine(engine: str, model: str = DEFAULT_MODEL, device: str = "auto",

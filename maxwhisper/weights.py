@@ -192,14 +192,17 @@ def ctranslate2_to_whisper(
             linear(f"{dst}.mlp.2", f"{src}/ffn/linear_1")
             norm(f"{dst}.mlp_ln", f"{src}/ffn/layer_norm")
 
+        def self_attention(dst: str, src: str, d: int) -> None:
+            attention(f"{dst}.attn", f"{src}/self_attention/linear_0",
+                      f"{src}/self_attention/linear_1", d, with_query=True)
+            norm(f"{dst}.attn_ln", f"{src}/self_attention/layer_norm")
+
         linear("encoder.conv1", "encoder/conv1")
         linear("encoder.conv2", "encoder/conv2")
         sd["encoder.positional_embedding"] = v["encoder/position_encodings/encodings"]
         for i in range(dims.n_audio_layer):
             src, dst = f"encoder/layer_{i}", f"encoder.blocks.{i}"
-            attention(f"{dst}.attn", f"{src}/self_attention/linear_0",
-                      f"{src}/self_attention/linear_1", d_audio, with_query=True)
-            norm(f"{dst}.attn_ln", f"{src}/self_attention/layer_norm")
+            self_attention(dst, src, d_audio)
             mlp(dst, src)
         norm("encoder.ln_post", "encoder/layer_norm")
 
@@ -207,9 +210,7 @@ def ctranslate2_to_whisper(
         sd["decoder.positional_embedding"] = v["decoder/position_encodings/encodings"]
         for i in range(dims.n_text_layer):
             src, dst = f"decoder/layer_{i}", f"decoder.blocks.{i}"
-            attention(f"{dst}.attn", f"{src}/self_attention/linear_0",
-                      f"{src}/self_attention/linear_1", d_text, with_query=True)
-            norm(f"{dst}.attn_ln", f"{src}/self_attention/layer_norm")
+            self_attention(dst, src, d_text)
             linear(f"{dst}.cross_attn.query", f"{src}/attention/linear_0")
             attention(f"{dst}.cross_attn", f"{src}/attention/linear_1",
                       f"{src}/attention/linear_2", d_text, with_query=False)
