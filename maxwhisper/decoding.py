@@ -181,6 +181,13 @@ class GreedyDecoder:
         return [list(tokens)], [sum_logprobs.tolist()]
 
 
+def _top_k(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values, largest first (a partition, then a sort of k only:
+    a full argsort of 51,865 logits per beam per step costs milliseconds)."""
+    candidates = np.argpartition(values, values.size - k)[values.size - k :]
+    return candidates[np.argsort(-values[candidates], kind="stable")]
+
+
 class BeamSearchDecoder:
     """Whisper's beam search over one window: beam_size live beams, each extended by its
     beam_size + 1 best tokens; finished candidates are collected until there are
@@ -199,7 +206,7 @@ class BeamSearchDecoder:
         sources: dict[tuple[int, ...], int] = {}
         for j in range(self.beam_size):
             prefix = tokens[j].tolist()
-            top = np.argsort(-logprobs[j], kind="stable")[: self.beam_size + 1]
+            top = _top_k(logprobs[j], self.beam_size + 1)
             for token in top:
                 sequence = tuple(prefix + [int(token)])
                 scores[sequence] = float(np.float32(sum_logprobs[j] + logprobs[j, token]))
