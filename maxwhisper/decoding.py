@@ -14,7 +14,7 @@ one window's features, and `cache.reorder(rows)` follows the beams that were kep
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -365,7 +365,3 @@ def decode(model: WhisperEngine, mel: np.ndarray, options: DecodingOptions = Dec
         avg_logprob=best_logprob / (len(best_tokens) + 1), no_speech_prob=no_speech_prob,
         temperature=options.temperature, compression_ratio=compression_ratio(text),
         language_probs=language_probs)
-
-
-def with_options(options: DecodingOptions, **changes) -> DecodingOptions:
-    return replace(options, **changes)

@@ -10,6 +10,7 @@ needed a temperature above 0.5. Word-level timestamps are not implemented.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +38,9 @@ def _fallback_decode(model, mel_window: np.ndarray, options: DecodingOptions,
     result = None
     for t in temperatures:
         if t > 0:
-            window_options = DecodingOptions(**{**options.__dict__, "temperature": t,
-                                                "beam_size": None, "patience": None})
+            window_options = replace(options, temperature=t, beam_size=None, patience=None)
         else:
-            window_options = DecodingOptions(**{**options.__dict__, "temperature": t,
-                                                "best_of": None})
+            window_options = replace(options, temperature=t, best_of=None)
         result = decode(model, mel_window, window_options, features=features)
         needs_fallback = (
             (compression_ratio_threshold is not None
@@ -98,7 +97,7 @@ def transcribe(
                 print(f"Detected language: {LANGUAGES[language].title()}", file=sys.stderr)
     elif not dims.is_multilingual:
         language = "en"  # an English-only model has no language token to force
-    options = DecodingOptions(**{**options.__dict__, "language": language})
+    options = replace(options, language=language)
     tokenizer = get_tokenizer(dims.is_multilingual, num_languages=dims.num_languages,
                               language=language, task=options.task)
     temperatures = (temperature,) if isinstance(temperature, (int, float)) else tuple(temperature)
@@ -124,8 +123,7 @@ def transcribe(
             segment_size = min(N_FRAMES, content_frames - seek)
             mel_window = pad_or_trim(mel[:, seek : seek + segment_size], N_FRAMES)
             segment_duration = segment_size * HOP_LENGTH / SAMPLE_RATE
-            window_options = DecodingOptions(
-                **{**options.__dict__, "prompt": all_tokens[prompt_reset_since:]})
+            window_options = replace(options, prompt=all_tokens[prompt_reset_since:])
             result = _fallback_decode(model, mel_window, window_options, temperatures,
                                       compression_ratio_threshold, logprob_threshold,
                                       no_speech_threshold)
