@@ -24,8 +24,9 @@ from max.driver import CPU, Accelerator, Buffer, accelerator_count
 from max.dtype import DType
 from max.graph import DeviceRef
 
+from . import custom_ops
 from . import model as graph_model
-from .settings import cache_dir
+from .settings import cache_dir, vocab_kernel_allowed
 from .weights import ModelDimensions, WhisperWeights
 
 DTYPES = {"float32": DType.float32, "float16": DType.float16}
@@ -51,12 +52,15 @@ def select_device(device: str = "auto"):
 
 
 def _source_hash() -> str:
-    return hashlib.sha256(Path(graph_model.__file__).read_bytes()).hexdigest()[:16]
+    graph_code = hashlib.sha256(Path(graph_model.__file__).read_bytes()).hexdigest()[:16]
+    return f"{graph_code}-{custom_ops.source_hash()}"
 
 
-def cache_key(kind: str, dims: ModelDimensions, dtype: str, device: str) -> str:
+def cache_key(kind: str, dims: ModelDimensions, dtype: str, device: str,
+              vocab_kernel: bool = False) -> str:
     record = {"kind": kind, "dims": asdict(dims), "dtype": dtype, "device": device,
-              "max": metadata.version("max"), "source": _source_hash()}
+              "max": metadata.version("max"), "source": _source_hash(),
+              "vocab_kernel": vocab_kernel}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -73,7 +77,8 @@ def load_graph(session, builder, params: graph_model.Params, kind: str, device_l
     start = time.perf_counter()
     graph = builder(params)
     registry = params.registry()
-    key = cache_key(kind, params.weights.dims, str(params.dtype), device_label)
+    key = cache_key(kind, params.weights.dims, str(params.dtype), device_label,
+                    params.vocab_kernel)
     path = cache_dir() / f"{kind}-{key}.mef"
     if path.is_file():
         try:
@@ -205,7 +210,8 @@ class MaxWhisperModel:
     """Whisper's encoder and KV-cached decoder, compiled with MAX, bound to real weights."""
 
     def __init__(self, weights: WhisperWeights, device: str = "auto", dtype: str = "float32",
-                 verbose: bool = True, graphs: tuple[str, ...] = ("encoder", "decoder")):
+                 verbose: bool = True, graphs: tuple[str, ...] = ("encoder", "decoder"),
+                 vocab_kernel: bool | None = None):
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
         self.weights, self.dims = weights, weights.dims
@@ -216,6 +222,11 @@ class MaxWhisperModel:
         self.stats = RunStats()
         self.session = max_engine.InferenceSession(devices=[self.driver_device])
         self._device_ref, self._verbose = device_ref, verbose
+        if vocab_kernel is None:  # on where it applies and changes no weight value
+            vocab_kernel = (vocab_kernel_allowed() and self.device == "cpu" and dtype == "float32"
+                            and custom_ops.fits_float16(
+                                weights.tensors["decoder.token_embedding.weight"]))
+        self.vocab_kernel = vocab_kernel
         self._graphs, self._registries = {}, {}  # registry arrays must outlive the models
         for kind in graphs:
             self._graph(kind)
@@ -224,7 +235,8 @@ class MaxWhisperModel:
         """The compiled graph `kind`, loaded (or compiled) on first use."""
         if kind not in self._graphs:
             # each graph gets its own Params, which records only the weights it uses
-            params = graph_model.Params(self.weights, self._device_ref, DTYPES[self.dtype])
+            params = graph_model.Params(self.weights, self._device_ref, DTYPES[self.dtype],
+                                        vocab_kernel=self.vocab_kernel)
             self._graphs[kind], self._registries[kind] = load_graph(
                 self.session, GRAPH_BUILDERS[kind], params, kind, self.device, self.report,
                 self._verbose)

@@ -29,6 +29,7 @@ import numpy as np
 from max.dtype import DType
 from max.graph import DeviceRef, Graph, TensorType, TensorValue, Weight, ops
 
+from . import custom_ops
 from .weights import ModelDimensions, WhisperWeights
 
 LN_EPS = 1e-5
@@ -48,15 +49,19 @@ class Params:
     weights: WhisperWeights
     device: DeviceRef
     dtype: DType = DType.float32
+    # the output projection by maxwhisper's Mojo kernel over a float16 embedding (CPU, float32)
+    vocab_kernel: bool = False
 
     def __post_init__(self) -> None:
         self._makers: dict[str, Callable[[], np.ndarray]] = {}
         self._handles: dict[str, Weight] = {}
 
-    def derived(self, name: str, make: Callable[[], np.ndarray]) -> TensorValue:
-        """The graph weight `name`, whose value is `make()` (evaluated for the registry)."""
+    def derived(self, name: str, make: Callable[[], np.ndarray],
+                dtype: DType | None = None) -> TensorValue:
+        """The graph weight `name`, whose value is `make()` (evaluated for the registry),
+        stored in the graph's dtype unless `dtype` says otherwise."""
         if name not in self._handles:
-            self._handles[name] = Weight(name, self.dtype, make().shape, self.device)
+            self._handles[name] = Weight(name, dtype or self.dtype, make().shape, self.device)
             self._makers[name] = make
         return self._handles[name]
 
@@ -98,8 +103,8 @@ class Params:
 
     def registry(self) -> dict[str, np.ndarray]:
         """numpy values for every weight this graph used, in its layout and dtype."""
-        np_dtype = _NUMPY_DTYPES[self.dtype]
-        return {name: np.ascontiguousarray(make(), np_dtype) for name, make in self._makers.items()}
+        return {name: np.ascontiguousarray(make(), _NUMPY_DTYPES[self._handles[name].dtype])
+                for name, make in self._makers.items()}
 
 
 _NUMPY_DTYPES = {DType.float32: np.float32, DType.float16: np.float16}
@@ -301,15 +306,22 @@ def decoder_step(tokens: TensorValue, offset: TensorValue, keys_t: TensorValue,
 
     The token embedding is kept as (d, V): the output projection, which reads all of it every
     step, is then a plain row-major `x @ W` (measured faster in MAX than `x @ W.T`), and the
-    embedding lookup gathers B*S columns. With `with_cross_weights`, also every layer's
+    embedding lookup gathers B*S columns. With `p.vocab_kernel` it is kept in float16 and the
+    projection is maxwhisper's Mojo kernel (half the bytes per step, the same weight values).
+    With `with_cross_weights`, also every layer's
     cross-attention weights (L, B, H, S, A): which audio each token attends to.
     """
     length_new = tokens.shape[1]
     past = ops.reshape(offset, [])
     positions = ops.range(past, past + ops.shape_to_tensor([length_new]).reshape([]), 1,
                           out_dim=length_new, dtype=DType.int64, device=p.device)
-    embedding = p.transposed("decoder.token_embedding.weight")  # (d, V)
-    x = ops.permute(ops.gather(embedding, tokens, axis=1), [1, 2, 0])  # (B, S, d)
+    if p.vocab_kernel:  # (d, V) in float16, read by the Mojo kernel
+        embedding = p.derived("decoder.token_embedding.weight.T.f16",
+                              lambda: p.weights.tensors["decoder.token_embedding.weight"].T,
+                              DType.float16)
+    else:
+        embedding = p.transposed("decoder.token_embedding.weight")  # (d, V)
+    x = _to_float32(ops.permute(ops.gather(embedding, tokens, axis=1), [1, 2, 0]))  # (B, S, d)
     x = x + ops.gather(p.tensor("decoder.positional_embedding"), positions, axis=0)
     masks = cache_masks(past, length_new, int(keys_t.shape[-1]), p.device)
     new_k, new_v, cross_weights = [], [], []
@@ -319,7 +331,8 @@ def decoder_step(tokens: TensorValue, offset: TensorValue, keys_t: TensorValue,
         new_k.append(k)
         new_v.append(v)
         cross_weights.append(weights)
-    logits = p.layer_norm(ops.gather(x, picks, axis=1), "decoder.ln") @ embedding
+    h = p.layer_norm(ops.gather(x, picks, axis=1), "decoder.ln")
+    logits = custom_ops.vocab_logits(h, embedding) if p.vocab_kernel else h @ embedding
     outputs = (logits, ops.stack(new_k, axis=0), ops.stack(new_v, axis=0))
     if with_cross_weights:
         return *outputs, ops.stack(cross_weights, axis=0)
@@ -370,7 +383,9 @@ def build_decoder_graph(p: Params, with_cross_weights: bool = False) -> Graph:
     (logits, new keys, new values[, cross weights])."""
     dims = p.weights.dims
     name = "whisper_decoder_alignment" if with_cross_weights else "whisper_decoder"
-    with Graph(name, input_types=decoder_input_types(dims, p.device)) as graph:
+    extensions = [custom_ops.kernel_library()] if p.vocab_kernel else []
+    with Graph(name, input_types=decoder_input_types(dims, p.device),
+               custom_extensions=extensions) as graph:
         tokens, offset, *caches, picks = (value.tensor for value in graph.inputs)
         caches = [_from_float32(t, p.dtype) for t in caches]
         outputs = decoder_step(tokens, offset, *caches, picks, p, dims, with_cross_weights)

@@ -36,3 +36,8 @@ def cache_dir() -> Path:
 def build_dir() -> Path:
     """Generated artefacts: executed notebooks, benchmark results, plots."""
     return Path(os.environ.get("MAXWHISPER_BUILD_DIR", REPO_ROOT / "build")).expanduser()
+
+
+def vocab_kernel_allowed() -> bool:
+    """`MAXWHISPER_VOCAB_KERNEL=0` turns off the Mojo float16 output projection (for A/B runs)."""
+    return os.environ.get("MAXWHISPER_VOCAB_KERNEL", "1") != "0"
