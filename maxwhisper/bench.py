@@ -282,7 +282,11 @@ def summary(report: dict) -> str:
         totals[key] = totals.get(key, 0.0) + r["wall_min_s"]
     for (engine, beam), seconds in sorted(totals.items()):
         mx = totals.get(("max", beam))
-        ratio = f"  (max is {seconds / mx:.2f}x faster)" if mx and engine != "max" else ""
+        ratio = ""
+        if mx and engine != "max":
+            speedup = seconds / mx  # > 1: max is faster
+            ratio = (f"  (max is {speedup:.2f}x faster)" if speedup >= 1
+                     else f"  (max takes {1 / speedup:.2f}x as long)")
         lines.append(f"total beam {beam} {engine:<12} {seconds:8.2f} s{ratio}")
     return "\n".join(lines)
 

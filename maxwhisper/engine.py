@@ -138,15 +138,17 @@ class Piece:
 
 
 def compile_piece(name: str, input_types: list, body, weights: WhisperWeights,
-                  device: str = "auto") -> Piece:
+                  device: str = "auto", kernels: bool = False) -> Piece:
     """Compile `body(*inputs, params) -> output(s)` as graph `name`; MAX's own cache makes the
-    second compile of the same graph take seconds. `input_types` is [(dtype, shape), ...]."""
+    second compile of the same graph take seconds. `input_types` is [(dtype, shape), ...];
+    `kernels` makes maxwhisper's Mojo kernels (`custom_ops`) available to `body`."""
     from max.graph import Graph, TensorType
 
     driver, ref = select_device(device)
     params = graph_model.Params(weights, ref)
     types = [TensorType(dtype, shape, device=ref) for dtype, shape in input_types]
-    with Graph(name, input_types=types) as graph:
+    extensions = [custom_ops.kernel_library()] if kernels else []
+    with Graph(name, input_types=types, custom_extensions=extensions) as graph:
         outputs = body(*(value.tensor for value in graph.inputs), params)
         graph.output(*(outputs if isinstance(outputs, (tuple, list)) else (outputs,)))
     start = time.perf_counter()
