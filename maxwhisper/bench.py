@@ -93,7 +93,7 @@ def encoder_gflop(dims) -> float:
 def worker(spec: dict) -> None:
     if spec.get("cpus"):
         os.sched_setaffinity(0, spec["cpus"])
-    from .audio import load_audio
+    from .audio import SAMPLE_RATE, load_audio
     from .engines import TranscribeOptions, load_engine
 
     start = time.perf_counter()
@@ -104,7 +104,7 @@ def worker(spec: dict) -> None:
     for beam in spec["beam_sizes"]:
         options = TranscribeOptions(beam_size=beam)
         start = time.perf_counter()
-        engine.transcribe(first[: 5 * 16000], options)  # warm-up on 5 s: first-call costs
+        engine.transcribe(first[: 5 * SAMPLE_RATE], options)  # warm-up on 5 s: first-call costs
         warmup_s = time.perf_counter() - start
         for path, audio in audios.items():
             walls, result, stats = [], None, None

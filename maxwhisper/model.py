@@ -68,9 +68,10 @@ class Params:
     def tensor(self, name: str) -> TensorValue:
         return self.derived(name, lambda: self.weights.tensors[name])
 
-    def transposed(self, name: str) -> TensorValue:
-        """A (out, in) matrix stored as (in, out)."""
-        return self.derived(f"{name}.T", lambda: self.weights.tensors[name].T)
+    def transposed(self, name: str, dtype: DType | None = None) -> TensorValue:
+        """A (out, in) matrix stored as (in, out), in `dtype` if given (a weight of its own)."""
+        suffix = {None: "", DType.float16: ".f16"}[dtype]
+        return self.derived(f"{name}.T{suffix}", lambda: self.weights.tensors[name].T, dtype)
 
     def _bias(self, name: str, size: int) -> np.ndarray:
         return self.weights.tensors.get(f"{name}.bias", np.zeros(size, np.float32))
@@ -239,10 +240,9 @@ def cached_self_attention(q: TensorValue, k_t: TensorValue, v: TensorValue, keys
     """Attention of S new tokens over the cache and over themselves, without concatenating.
 
     q, v (B, H, S, hd) and k_t (B, H, hd, S) are the new tokens'; keys_t (B, H, hd, T) and
-    values (B, H, T, hd)
-    are the whole preallocated cache, its unfilled slots masked. Scores against the cache and
-    against the new keys are joined (only S x (T+S) numbers), one softmax, and the two value
-    products summed, so the cache is read in place and never copied.
+    values (B, H, T, hd) are the whole preallocated cache, its unfilled slots masked. Scores
+    against the cache and against the new keys are joined (only S x (T+S) numbers), one
+    softmax, and the two value products summed, so the cache is read in place and never copied.
     """
     scale = float(int(q.shape[-1]) ** -0.5)
     capacity = int(keys_t.shape[-1])
@@ -308,19 +308,16 @@ def decoder_step(tokens: TensorValue, offset: TensorValue, keys_t: TensorValue,
     step, is then a plain row-major `x @ W` (measured faster in MAX than `x @ W.T`), and the
     embedding lookup gathers B*S columns. With `p.vocab_kernel` it is kept in float16 and the
     projection is maxwhisper's Mojo kernel (half the bytes per step, the same weight values).
-    With `with_cross_weights`, also every layer's
-    cross-attention weights (L, B, H, S, A): which audio each token attends to.
+    With `with_cross_weights`, also every layer's cross-attention weights (L, B, H, S, A): which
+    audio each token attends to.
     """
     length_new = tokens.shape[1]
     past = ops.reshape(offset, [])
     positions = ops.range(past, past + ops.shape_to_tensor([length_new]).reshape([]), 1,
                           out_dim=length_new, dtype=DType.int64, device=p.device)
-    if p.vocab_kernel:  # (d, V) in float16, read by the Mojo kernel
-        embedding = p.derived("decoder.token_embedding.weight.T.f16",
-                              lambda: p.weights.tensors["decoder.token_embedding.weight"].T,
-                              DType.float16)
-    else:
-        embedding = p.transposed("decoder.token_embedding.weight")  # (d, V)
+    # (d, V); in float16 when the Mojo kernel reads it
+    embedding = p.transposed("decoder.token_embedding.weight",
+                             DType.float16 if p.vocab_kernel else None)
     x = _to_float32(ops.permute(ops.gather(embedding, tokens, axis=1), [1, 2, 0]))  # (B, S, d)
     x = x + ops.gather(p.tensor("decoder.positional_embedding"), positions, axis=0)
     masks = cache_masks(past, length_new, int(keys_t.shape[-1]), p.device)
