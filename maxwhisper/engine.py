@@ -4,8 +4,8 @@ Compiling a graph takes minutes on a small CPU, so every compiled graph is expor
 file under `settings.cache_dir()` and reloaded in milliseconds next time. The cache key is the
 graph's structure, not the weight values: weights are bound at `session.init` through the
 weights registry, so a fine-tuned checkpoint with the same dimensions reuses the compiled code.
-The key covers the model dimensions, dtype, device, the `max` version and the source of the
-graph builders (so editing `model.py` invalidates stale entries).
+The key covers the model dimensions, dtype and numeric options, device, the `max` version and
+the source of the graph builders (so editing `model.py` invalidates stale entries).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from max.graph import DeviceRef
 
 from . import custom_ops
 from . import model as graph_model
-from .settings import cache_dir, vocab_kernel_allowed
+from .settings import cache_dir, encoder_float64_blocks, vocab_kernel_allowed
 from .weights import ModelDimensions, WhisperWeights
 
 DTYPES = {"float32": DType.float32, "float16": DType.float16}
@@ -51,16 +51,29 @@ def select_device(device: str = "auto"):
     raise ValueError(f"unknown device {device!r}; use auto, cpu or gpu")
 
 
+def default_float64_blocks(dims: ModelDimensions) -> int:
+    """How many encoder blocks (with the stem) compute in float64 on the CPU in float32.
+
+    Measured on the 26 clips (docs/performance.md, "Precision"): base's all-float32 encoder is
+    up to 1.7e-3 from openai-whisper's (1.2e-3 on JFK), one float64 block brings it within
+    5.5e-4 of the exact result and 5.2e-4 of torch on JFK, for ~20 % more encoder time.
+    tiny.en (d = 384) in float32 is within 6.5e-4 of torch on every clip, and a float64 block
+    would cost it ~8 % of a long-form transcription, so tiny models stay float32. Larger models
+    than base were not measured (no weights here) and get the float64 block, like base.
+    """
+    return 1 if dims.n_audio_state > 384 else 0
+
+
 def _source_hash() -> str:
     graph_code = hashlib.sha256(Path(graph_model.__file__).read_bytes()).hexdigest()[:16]
     return f"{graph_code}-{custom_ops.source_hash()}"
 
 
 def cache_key(kind: str, dims: ModelDimensions, dtype: str, device: str,
-              vocab_kernel: bool = False) -> str:
+              vocab_kernel: bool = False, float64_blocks: int = 0) -> str:
     record = {"kind": kind, "dims": asdict(dims), "dtype": dtype, "device": device,
               "max": metadata.version("max"), "source": _source_hash(),
-              "vocab_kernel": vocab_kernel}
+              "vocab_kernel": vocab_kernel, "float64_blocks": float64_blocks}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -78,7 +91,7 @@ def load_graph(session, builder, params: graph_model.Params, kind: str, device_l
     graph = builder(params)
     registry = params.registry()
     key = cache_key(kind, params.weights.dims, str(params.dtype), device_label,
-                    params.vocab_kernel)
+                    params.vocab_kernel, params.float64_blocks)
     path = cache_dir() / f"{kind}-{key}.mef"
     if path.is_file():
         try:
@@ -213,7 +226,7 @@ class MaxWhisperModel:
 
     def __init__(self, weights: WhisperWeights, device: str = "auto", dtype: str = "float32",
                  verbose: bool = True, graphs: tuple[str, ...] = ("encoder", "decoder"),
-                 vocab_kernel: bool | None = None):
+                 vocab_kernel: bool | None = None, float64_blocks: int | None = None):
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
         self.weights, self.dims = weights, weights.dims
@@ -229,6 +242,12 @@ class MaxWhisperModel:
                             and custom_ops.fits_float16(
                                 weights.tensors["decoder.token_embedding.weight"]))
         self.vocab_kernel = vocab_kernel
+        if float64_blocks is None:
+            chosen = encoder_float64_blocks()
+            on_cpu_float32 = self.device == "cpu" and dtype == "float32"
+            float64_blocks = 0 if not on_cpu_float32 else (
+                default_float64_blocks(self.dims) if chosen is None else chosen)
+        self.float64_blocks = min(float64_blocks, self.dims.n_audio_layer)
         self._graphs, self._registries = {}, {}  # registry arrays must outlive the models
         for kind in graphs:
             self._graph(kind)
@@ -238,7 +257,8 @@ class MaxWhisperModel:
         if kind not in self._graphs:
             # each graph gets its own Params, which records only the weights it uses
             params = graph_model.Params(self.weights, self._device_ref, DTYPES[self.dtype],
-                                        vocab_kernel=self.vocab_kernel)
+                                        vocab_kernel=self.vocab_kernel,
+                                        float64_blocks=self.float64_blocks)
             self._graphs[kind], self._registries[kind] = load_graph(
                 self.session, GRAPH_BUILDERS[kind], params, kind, self.device, self.report,
                 self._verbose)

@@ -22,6 +22,7 @@ This module imports no torch: weights arrive as numpy arrays through MAX's weigh
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,15 +52,28 @@ class Params:
     dtype: DType = DType.float32
     # the output projection by maxwhisper's Mojo kernel over a float16 embedding (CPU, float32)
     vocab_kernel: bool = False
+    # the encoder's stem and first `float64_blocks` blocks compute in float64 (see `encoder`)
+    float64_blocks: int = 0
 
     def __post_init__(self) -> None:
         self._makers: dict[str, Callable[[], np.ndarray]] = {}
         self._handles: dict[str, Weight] = {}
+        self._suffix = ""
+
+    def in_dtype(self, dtype: DType) -> Params:
+        """This Params handing out its weights in `dtype`, under names of their own, into the
+        same registry (so one graph can compute some layers in another precision)."""
+        if dtype == self.dtype:
+            return self
+        view = copy.copy(self)  # shares the registry dicts
+        view.dtype, view._suffix = dtype, f".{dtype.name}"
+        return view
 
     def derived(self, name: str, make: Callable[[], np.ndarray],
                 dtype: DType | None = None) -> TensorValue:
         """The graph weight `name`, whose value is `make()` (evaluated for the registry),
         stored in the graph's dtype unless `dtype` says otherwise."""
+        name += self._suffix
         if name not in self._handles:
             self._handles[name] = Weight(name, dtype or self.dtype, make().shape, self.device)
             self._makers[name] = make
@@ -108,7 +122,7 @@ class Params:
                 for name, make in self._makers.items()}
 
 
-_NUMPY_DTYPES = {DType.float32: np.float32, DType.float16: np.float16}
+_NUMPY_DTYPES = {DType.float64: np.float64, DType.float32: np.float32, DType.float16: np.float16}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,11 +210,22 @@ def encoder_block(x: TensorValue, p: Params, name: str, n_head: int) -> TensorVa
 
 
 def encoder(mel: TensorValue, p: Params, dims: ModelDimensions) -> TensorValue:
-    """(B, n_mels, 2A) -> (B, A, d): stem, sinusoidal positions, blocks, ln_post."""
-    x = conv_stem(mel, p) + p.tensor("encoder.positional_embedding")
+    """(B, n_mels, 2A) -> (B, A, d): stem, sinusoidal positions, blocks, ln_post.
+
+    With `p.float64_blocks` = k > 0, the stem and the first k blocks compute in float64. The
+    encoder amplifies rounding in its first layers about 200x by its output (measured: a
+    float32 rounding-level change in block 0's attention alone moves base's output by 1e-3), so
+    float32 throughout, torch's included, lands up to ~2e-3 from the exact result on some
+    clips; one float64 block brings MAX within ~5e-4 of it on every clip, for 20-30 % more
+    encoder time on this CPU. (Keeping any part of the block in float32 lost that on some clip.)
+    """
+    early = p.in_dtype(DType.float64) if p.float64_blocks else p
+    x = conv_stem(_cast(mel, early.dtype), early) + early.tensor("encoder.positional_embedding")
     for i in range(dims.n_audio_layer):
-        x = encoder_block(x, p, f"encoder.blocks.{i}", dims.n_audio_head)
-    return p.layer_norm(x, "encoder.ln_post")
+        block_p = early if i < p.float64_blocks else p
+        x = encoder_block(_cast(x, block_p.dtype), block_p, f"encoder.blocks.{i}",
+                          dims.n_audio_head)
+    return p.layer_norm(_cast(x, p.dtype), "encoder.ln_post")
 
 
 def cross_kv(audio: TensorValue, p: Params, dims: ModelDimensions) -> tuple[TensorValue, TensorValue]:
@@ -341,12 +366,12 @@ def decoder_step(tokens: TensorValue, offset: TensorValue, keys_t: TensorValue,
 # ---------------------------------------------------------------------------------------------
 
 
+def _cast(x: TensorValue, dtype: DType) -> TensorValue:
+    return x if x.dtype == dtype else ops.cast(x, dtype)
+
+
 def _to_float32(x: TensorValue) -> TensorValue:
-    return x if x.dtype == DType.float32 else ops.cast(x, DType.float32)
-
-
-def _from_float32(x: TensorValue, dtype: DType) -> TensorValue:
-    return x if dtype == DType.float32 else ops.cast(x, dtype)
+    return _cast(x, DType.float32)
 
 
 def build_encoder_graph(p: Params) -> Graph:
@@ -354,7 +379,7 @@ def build_encoder_graph(p: Params) -> Graph:
     dims, dev = p.weights.dims, p.device
     mel_type = TensorType(DType.float32, ["batch", dims.n_mels, 2 * dims.n_audio_ctx], device=dev)
     with Graph("whisper_encoder", input_types=[mel_type]) as graph:
-        mel = _from_float32(graph.inputs[0].tensor, p.dtype)
+        mel = _cast(graph.inputs[0].tensor, p.dtype)
         audio = encoder(mel, p, dims)
         keys, values = cross_kv(audio, p, dims)
         graph.output(*(_to_float32(t) for t in (audio, keys, values)))
@@ -384,7 +409,7 @@ def build_decoder_graph(p: Params, with_cross_weights: bool = False) -> Graph:
     with Graph(name, input_types=decoder_input_types(dims, p.device),
                custom_extensions=extensions) as graph:
         tokens, offset, *caches, picks = (value.tensor for value in graph.inputs)
-        caches = [_from_float32(t, p.dtype) for t in caches]
+        caches = [_cast(t, p.dtype) for t in caches]
         outputs = decoder_step(tokens, offset, *caches, picks, p, dims, with_cross_weights)
         graph.output(*(_to_float32(t) for t in outputs))
     return graph

@@ -41,3 +41,15 @@ def build_dir() -> Path:
 def vocab_kernel_allowed() -> bool:
     """`MAXWHISPER_VOCAB_KERNEL=0` turns off the Mojo float16 output projection (for A/B runs)."""
     return os.environ.get("MAXWHISPER_VOCAB_KERNEL", "1") != "0"
+
+
+def encoder_float64_blocks() -> int | None:
+    """`MAXWHISPER_ENCODER_FLOAT64_BLOCKS`: how many of the encoder's first blocks (with the
+    conv stem) compute in float64 when the model runs in float32 on the CPU; 0 is all float32.
+    Unset: None, and the engine picks per model (`engine.default_float64_blocks`)."""
+    value = os.environ.get("MAXWHISPER_ENCODER_FLOAT64_BLOCKS")
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise ValueError(f"MAXWHISPER_ENCODER_FLOAT64_BLOCKS must be a whole number, got {value!r}")
+    return int(value)

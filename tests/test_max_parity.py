@@ -20,12 +20,13 @@ from maxwhisper.settings import build_dir
 from maxwhisper.speech import word_error_rate
 
 MODELS = ["tiny.en", "base"]
-# Bound on the encoder output's max-abs difference. base's residual stream reaches ~540 inside
-# the encoder, and MAX's CPU matmul sums the whole inner dimension in one float32 chain
-# (measured: 4.1e-4 error for K=2048 where numpy's blocked sum gives 1.2e-4), so base lands at
-# 1.2e-3 from torch float32 (1.1e-3 from a float64 reference; torch float32 itself is 3.6e-4
-# away from it). tiny.en stays at 4e-5. See docs/performance.md, "Precision".
-ENCODER_BOUND = {"tiny.en": 1e-3, "base": 2e-3}
+# Clips on which openai-whisper's own float32 encoder is more than 1e-3 from the same encoder
+# evaluated in float64 (measured 2026-11-25): 1.7e-3 for tiny.en, 1.1e-3 and 1.2e-3 for base.
+# There "within 1e-3 of torch" cannot be promised by a float32 implementation that is more
+# exact than torch, so a model whose encoder starts in float64 (base) is held to the exact
+# result, and an all-float32 one (tiny.en) to torch. See docs/performance.md, "Precision".
+HARD_CLIPS = {"tiny.en": ["1089-134691-0000.flac"], "base": ["1221-135766-0002.wav",
+                                                            "LJ001-0009.wav"]}
 
 
 def _torch_model(weights):
@@ -43,7 +44,7 @@ def test_encoder_and_decoder_logits_match_per_stage(name, jfk):
     features = model.encode(mel)
     with torch.no_grad():
         ref_audio = reference.encoder(torch.from_numpy(mel))
-        assert np.abs(features.audio - ref_audio.numpy()).max() <= ENCODER_BOUND[name]
+        assert np.abs(features.audio - ref_audio.numpy()).max() <= 1e-3
         # a prompt, then tokens fed one at a time through the cache, against one full pass
         tokens = [50257, 50362, 843, 523, 616, 5891, 3399, 11, 1265, 407]
         if model.dims.is_multilingual:
@@ -56,6 +57,36 @@ def test_encoder_and_decoder_logits_match_per_stage(name, jfk):
     assert ours.shape == ref_logits.shape
     assert np.abs(ours - ref_logits).max() <= 1e-3
     assert (ours.argmax(-1) == ref_logits.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_encoder_where_torch_float32_is_far_from_exact(name, speech_clips, monkeypatch):
+    torch = pytest.importorskip("torch")
+    import whisper.model
+
+    # openai-whisper's LayerNorm computes in float32 whatever its input; let float64 be float64
+    monkeypatch.setattr(whisper.model.LayerNorm, "forward", torch.nn.LayerNorm.forward)
+    model = max_model(name)
+    reference = _torch_model(model.weights)
+    clips = [c for c in speech_clips if c.name in HARD_CLIPS[name]]
+    assert len(clips) == len(HARD_CLIPS[name])
+    ours_exact, ours_torch, torch_exact = [], [], []
+    for clip in clips:
+        mel = A.log_mel_spectrogram(A.pad_or_trim(A.load_audio(clip.path)))[None]
+        ours = model.encode(mel).audio
+        with torch.no_grad():
+            torch_float32 = reference.float().encoder(torch.from_numpy(mel)).numpy()
+            exact = reference.double().encoder(torch.from_numpy(mel).double()).numpy()
+        ours_exact.append(np.abs(ours - exact).max())
+        ours_torch.append(np.abs(ours - torch_float32).max())
+        torch_exact.append(np.abs(torch_float32 - exact).max())
+    report = {"max-exact": ours_exact, "max-torch": ours_torch, "torch-exact": torch_exact}
+    assert max(torch_exact) > 1e-3, report  # what makes these clips hard
+    if model.float64_blocks:
+        assert max(ours_exact) <= 1e-3, report
+        assert max(ours_exact) < max(torch_exact), report
+    else:
+        assert max(ours_torch) <= 1e-3, report
 
 
 def _tokens(result):
