@@ -242,12 +242,12 @@ class MaxWhisperModel:
                             and custom_ops.fits_float16(
                                 weights.tensors["decoder.token_embedding.weight"]))
         self.vocab_kernel = vocab_kernel
-        if float64_blocks is None:
-            chosen = encoder_float64_blocks()
+        if float64_blocks is None:  # float32 on the CPU only: the setting, else per model
             on_cpu_float32 = self.device == "cpu" and dtype == "float32"
-            float64_blocks = 0 if not on_cpu_float32 else (
-                default_float64_blocks(self.dims) if chosen is None else chosen)
-        self.float64_blocks = min(float64_blocks, self.dims.n_audio_layer)
+            float64_blocks = encoder_float64_blocks() if on_cpu_float32 else 0
+            if float64_blocks is None:
+                float64_blocks = default_float64_blocks(self.dims)
+        self.float64_blocks = max(0, min(float64_blocks, self.dims.n_audio_layer))
         self._graphs, self._registries = {}, {}  # registry arrays must outlive the models
         for kind in graphs:
             self._graph(kind)
@@ -256,9 +256,10 @@ class MaxWhisperModel:
         """The compiled graph `kind`, loaded (or compiled) on first use."""
         if kind not in self._graphs:
             # each graph gets its own Params, which records only the weights it uses
+            float64_blocks = self.float64_blocks if kind == "encoder" else 0
             params = graph_model.Params(self.weights, self._device_ref, DTYPES[self.dtype],
                                         vocab_kernel=self.vocab_kernel,
-                                        float64_blocks=self.float64_blocks)
+                                        float64_blocks=float64_blocks)
             self._graphs[kind], self._registries[kind] = load_graph(
                 self.session, GRAPH_BUILDERS[kind], params, kind, self.device, self.report,
                 self._verbose)
