@@ -58,24 +58,25 @@ class Params:
     def __post_init__(self) -> None:
         self._makers: dict[str, Callable[[], np.ndarray]] = {}
         self._handles: dict[str, Weight] = {}
-        self._suffix = ""
+        self._graph_dtype = self.dtype  # weights in any other dtype get names of their own
 
     def in_dtype(self, dtype: DType) -> Params:
-        """This Params handing out its weights in `dtype`, under names of their own, into the
-        same registry (so one graph can compute some layers in another precision)."""
-        if dtype == self.dtype:
-            return self
+        """This Params handing out its weights in `dtype` into the same registry (so one graph
+        can compute some layers in another precision)."""
         view = copy.copy(self)  # shares the registry dicts
-        view.dtype, view._suffix = dtype, f".{dtype.name}"
+        view.dtype = dtype
         return view
 
     def derived(self, name: str, make: Callable[[], np.ndarray],
                 dtype: DType | None = None) -> TensorValue:
         """The graph weight `name`, whose value is `make()` (evaluated for the registry),
-        stored in the graph's dtype unless `dtype` says otherwise."""
-        name += self._suffix
+        stored in this Params' dtype unless `dtype` says otherwise; a weight stored in another
+        dtype than the graph's is a weight of its own, named with that dtype."""
+        dtype = dtype or self.dtype
+        if dtype != self._graph_dtype:
+            name += f".{dtype.name}"
         if name not in self._handles:
-            self._handles[name] = Weight(name, dtype or self.dtype, make().shape, self.device)
+            self._handles[name] = Weight(name, dtype, make().shape, self.device)
             self._makers[name] = make
         return self._handles[name]
 
@@ -83,9 +84,8 @@ class Params:
         return self.derived(name, lambda: self.weights.tensors[name])
 
     def transposed(self, name: str, dtype: DType | None = None) -> TensorValue:
-        """A (out, in) matrix stored as (in, out), in `dtype` if given (a weight of its own)."""
-        suffix = {None: "", DType.float16: ".f16"}[dtype]
-        return self.derived(f"{name}.T{suffix}", lambda: self.weights.tensors[name].T, dtype)
+        """A (out, in) matrix stored as (in, out), in `dtype` if given."""
+        return self.derived(f"{name}.T", lambda: self.weights.tensors[name].T, dtype)
 
     def _bias(self, name: str, size: int) -> np.ndarray:
         return self.weights.tensors.get(f"{name}.bias", np.zeros(size, np.float32))
