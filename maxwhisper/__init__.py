@@ -28,6 +28,6 @@ def load_model(name: str = "tiny.en", device: str = "auto", dtype: str = "float3
     The returned model has `.transcribe(audio, **options)` returning {"text", "segments",
     "language"} like `whisper.transcribe`.
     """
-    from .engine import MaxWhisperModel
+    from .runtime import MaxWhisperModel
 
     return MaxWhisperModel(load_weights(name), device=device, dtype=dtype, verbose=verbose)

@@ -18,7 +18,7 @@ import whisper
 from faster_whisper import WhisperModel
 
 from .audio import SAMPLE_RATE
-from .engines import TranscribeOptions, Transcription, from_whisper_result, segment_dict
+from .results import TranscribeOptions, Transcription, from_whisper_result, segment_dict
 from .weights import DEFAULT_MODEL, WhisperWeights, ctranslate2_dir, load_weights
 
 

@@ -77,6 +77,20 @@ def matmul_gflops(size: int = 1024, repeat: int = 5) -> float:
     return 2 * size**3 / best / 1e9
 
 
+def streaming_gbps(megabytes: int = 256, repeat: int = 5) -> float:
+    """This machine's read bandwidth as a decoding step uses it: numpy's float32 GEMV
+    (1, 4096) @ (4096, n) over `megabytes` of matrix, every core (best of `repeat`)."""
+    n = megabytes * 2**20 // (4096 * 4)
+    matrix = np.ones((4096, n), dtype=np.float32)
+    row = np.ones((1, 4096), dtype=np.float32)
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        row @ matrix
+        best = min(best, time.perf_counter() - start)
+    return matrix.nbytes / best / 1e9
+
+
 def encoder_gflop(dims) -> float:
     """Multiply-adds x 2 of one 30-s encoder window (convs, projections, attention, MLP)."""
     A, d, n_mels = dims.n_audio_ctx, dims.n_audio_state, dims.n_mels
@@ -94,7 +108,8 @@ def worker(spec: dict) -> None:
     if spec.get("cpus"):
         os.sched_setaffinity(0, spec["cpus"])
     from .audio import SAMPLE_RATE, load_audio
-    from .engines import TranscribeOptions, load_engine
+    from .engines import load_engine
+    from .results import TranscribeOptions
 
     start = time.perf_counter()
     engine = load_engine(spec["engine"], spec["model"], verbose=True)
@@ -128,6 +143,9 @@ def worker(spec: dict) -> None:
             if stats is not None and stats.windows:
                 record["encoder_ms_per_window"] = 1000 * stats.encode_s / stats.windows
                 record["decoder_ms_per_token"] = 1000 * stats.decode_s / max(stats.decode_steps, 1)
+                record["prefill_ms"] = 1000 * stats.prefill_s / max(stats.prefills, 1)
+                record["decoder_mb_per_step"] = model.decoder_bytes_per_step(beam) / 1e6
+                record["kernels"] = sorted(model.kernels)
                 record["compile"] = {k: list(v) for k, v in engine.model.report.entries.items()}
             print(json.dumps(record), flush=True)
 
@@ -199,6 +217,7 @@ def run_benchmark(audio: list[str], engines: list[str], model: str = "tiny.en",
     report = {"machine": machine_info(), "model": model, "engines": engines,
               "beam_sizes": list(beam_sizes), "repeat": repeat, "results": []}
     report["machine"]["numpy_matmul_gflops"] = matmul_gflops()
+    report["machine"]["streaming_gbps"] = streaming_gbps()
     total = len(engines) * len(audio) * len(beam_sizes)
     try:
         for engine in engines:
@@ -258,6 +277,12 @@ def finalize(report: dict, model: str) -> None:
             mx = [m for m in results if m["engine"] == "max" and m["audio"] == r["audio"]
                   and m["beam_size"] == r["beam_size"]]
             r["max_speedup"] = mx[0]["speedup_vs"][r["engine"]] if mx else None
+    stream = report["machine"].get("streaming_gbps")
+    for r in results:
+        if r.get("decoder_mb_per_step") and stream:
+            # the time the step's bytes take at the machine's streaming rate, and MAX's share
+            r["decoder_floor_ms"] = r["decoder_mb_per_step"] / stream
+            r["decoder_share_of_floor"] = r["decoder_floor_ms"] / r["decoder_ms_per_token"]
     dims = load_weights(model, verify=False).dims
     report["encoder_gflop_per_window"] = encoder_gflop(dims)
     enc = [r["encoder_ms_per_window"] for r in results if r.get("encoder_ms_per_window")]
@@ -276,6 +301,16 @@ def summary(report: dict) -> str:
         lines.append(f"max encoder: {report['encoder_gflop_per_window']:.1f} GFLOP per window at "
                      f"{report['max_encoder_gflops']:.1f} GFLOP/s = "
                      f"{100 * report['max_encoder_share_of_numpy_matmul']:.0f}% of numpy's matmul rate")
+    if "streaming_gbps" in m:
+        lines.append(f"numpy float32 GEMV stream: {m['streaming_gbps']:.1f} GB/s")
+    for r in report["results"]:
+        if r.get("decoder_floor_ms"):
+            lines.append(
+                f"max decoder, {Path(r['audio']).name} beam {r['beam_size']}: "
+                f"{r['decoder_ms_per_token']:.2f} ms/step reading {r['decoder_mb_per_step']:.0f} MB"
+                f" (floor {r['decoder_floor_ms']:.2f} ms at {m['streaming_gbps']:.0f} GB/s: "
+                f"{100 * r['decoder_share_of_floor']:.0f}% of the floor); prompt prefill "
+                f"{r['prefill_ms']:.0f} ms a window")
     totals: dict[tuple[str, int], float] = {}
     for r in report["results"]:
         key = (r["engine"], r["beam_size"])

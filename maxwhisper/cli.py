@@ -42,8 +42,9 @@ def _add_extract(sub) -> None:
 
 def run_transcribe(args) -> int:
     from .audio import is_silent, load_audio
-    from .engines import TranscribeOptions, load_engine
+    from .engines import load_engine
     from .outputs import write_outputs
+    from .results import TranscribeOptions
 
     audios = []
     for name in args.audio:  # check every input before the (slow) model load

@@ -60,7 +60,8 @@ def run_engine(engine: str, audio: list[str | Path], model: str = "tiny.en",
 
 def _worker(spec: dict) -> None:
     from .audio import load_audio
-    from .engines import TranscribeOptions, load_engine
+    from .engines import load_engine
+    from .results import TranscribeOptions
 
     engine = load_engine(spec["engine"], spec["model"], verbose=False)
     options = TranscribeOptions(**spec["options"])

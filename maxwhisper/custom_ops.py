@@ -1,9 +1,14 @@
 """maxwhisper's own Mojo kernels (`mojo_kernels/`), as MAX Graph ops.
 
-There is one: the decoder's output projection over float16 weights (see
-`mojo_kernels/vocab_logits.mojo` for why). The Mojo package is compiled once per source version
-into the compiled-model cache, so a warm start does not pay the Mojo compiler; MAX's own
-`custom_extensions` would rebuild a source package in every process.
+- `linear_f16`: the decoder's projections and its output projection, x @ W + b (optionally
+  with GELU), over float16 weights packed in 64-column panels (`mojo_kernels/linear_f16.mojo`
+  says why); `pack_panels` makes that layout from a (K, N) matrix.
+- `cross_attention`: the decoder's attention to the audio window, read once for all query
+  rows (`mojo_kernels/cross_attention.mojo`).
+
+The Mojo package is compiled once per source version into the compiled-model cache, so a warm
+start does not pay the Mojo compiler; MAX's own `custom_extensions` would rebuild a source
+package in every process.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from max.graph import TensorType, TensorValue, ops
 from .settings import cache_dir
 
 KERNEL_SOURCES = Path(__file__).resolve().parent / "mojo_kernels"
-VOCAB_LOGITS = "maxwhisper_vocab_logits"
+LINEAR_F16 = "maxwhisper_linear_f16"
+CROSS_ATTENTION = "maxwhisper_cross_attention"
+PANEL = 64  # output columns per packed panel (linear_f16.mojo's PANEL)
 
 
 def source_hash() -> str:
@@ -58,12 +65,46 @@ def fits_float16(array: np.ndarray) -> bool:
     return bool(np.array_equal(array.astype(np.float16).astype(array.dtype), array))
 
 
-def vocab_logits(h: TensorValue, embedding: TensorValue) -> TensorValue:
-    """h (..., d) float32 @ embedding (d, V) float16 -> logits (..., V) float32 (CPU kernel)."""
-    *lead, d = h.shape
-    vocab = embedding.shape[1]
-    rows = ops.reshape(h, [-1, d])
-    out_type = TensorType(DType.float32, [rows.shape[0], vocab], device=h.device)
-    (logits,) = ops.custom(VOCAB_LOGITS, h.device, [rows, embedding], [out_type])
-    return ops.reshape(logits.tensor, [*lead, vocab])
+def pack_panels(w_kn: np.ndarray) -> np.ndarray:
+    """(K, N) -> (ceil(N/64), K, 64) float16 panels, zero columns after N (linear_f16's layout)."""
+    k, n = w_kn.shape
+    panels = -(-n // PANEL)
+    padded = np.zeros((k, panels * PANEL), np.float16)
+    padded[:, :n] = w_kn
+    return np.ascontiguousarray(padded.reshape(k, panels, PANEL).transpose(1, 0, 2))
 
+
+def pad_bias(bias: np.ndarray) -> np.ndarray:
+    """A bias of N values padded with zeros to the packed width (a multiple of 64)."""
+    padded = np.zeros(-(-bias.shape[0] // PANEL) * PANEL, np.float32)
+    padded[: bias.shape[0]] = bias
+    return padded
+
+
+def linear_f16(x: TensorValue, panels: TensorValue, bias: TensorValue, n: int,
+               gelu: bool = False) -> TensorValue:
+    """x (..., K) float32 @ W (K, n) + bias [-> GELU], W packed by `pack_panels` (CPU kernel).
+
+    `bias` has the packed width; columns past `n` (zero weights) are computed and dropped."""
+    *lead, k = x.shape
+    width = int(panels.shape[0]) * PANEL
+    rows = ops.reshape(x, [-1, k])
+    out_type = TensorType(DType.float32, [rows.shape[0], width], device=x.device)
+    name = LINEAR_F16 + ("_gelu" if gelu else "")
+    (y,) = ops.custom(name, x.device, [rows, panels, bias], [out_type])
+    y = y.tensor if width == n else y.tensor[:, :n]
+    return ops.reshape(y, [*lead, n])
+
+
+def cross_attention(q: TensorValue, keys_t: TensorValue, values: TensorValue
+                    ) -> tuple[TensorValue, TensorValue]:
+    """Every query row's attention to one audio window (CPU kernel, float32).
+
+    q (R, H, 64) (rows are beams x new tokens), keys_t (H, 64, A), values (H, A, 64) ->
+    out (R, H, 64) and the attention weights (H, R, A)."""
+    rows, heads, hd = q.shape
+    positions = keys_t.shape[-1]
+    out_types = [TensorType(DType.float32, [rows, heads, hd], device=q.device),
+                 TensorType(DType.float32, [heads, rows, positions], device=q.device)]
+    out, weights = ops.custom(CROSS_ATTENTION, q.device, [q, keys_t, values], out_types)
+    return out.tensor, weights.tensor

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from .audio import SAMPLE_RATE, is_silent, load_audio
-from .engines import ENGINES, MaxEngine, TranscribeOptions, Transcription
+from .engines import ENGINES, MaxEngine
 from .errors import AudioError, MaxWhisperError
+from .results import TranscribeOptions, Transcription
 from .settings import REPO_ROOT
 from .speech import manifest, normalize, reference_for, word_error_rate
 from .transcribe import format_timestamp

@@ -50,8 +50,10 @@ class Params:
     weights: WhisperWeights
     device: DeviceRef
     dtype: DType = DType.float32
-    # the output projection by maxwhisper's Mojo kernel over a float16 embedding (CPU, float32)
-    vocab_kernel: bool = False
+    # which of maxwhisper's Mojo kernels (`custom_ops.KERNELS`) the decoder graph uses:
+    # "vocab" the output projection and "linear" the layers' projections over float16 weights,
+    # "cross_attention" the attention to the audio window (CPU, float32 graph)
+    kernels: frozenset[str] = frozenset()
     # the encoder's stem and first `float64_blocks` blocks compute in float64 (see `encoder`)
     float64_blocks: int = 0
 
@@ -90,24 +92,69 @@ class Params:
     def _bias(self, name: str, size: int) -> np.ndarray:
         return self.weights.tensors.get(f"{name}.bias", np.zeros(size, np.float32))
 
-    def linear(self, x: TensorValue, name: str) -> TensorValue:
-        """openai-whisper's `Linear`: x @ W.T + b (no bias for attention keys)."""
+    def linear(self, x: TensorValue, name: str, gelu: bool = False) -> TensorValue:
+        """openai-whisper's `Linear`: x @ W.T + b (no bias for attention keys), then GELU if
+        asked (the MLP's up-projection)."""
+        if "linear" in self.kernels:
+            return self._kernel_linear(x, [name], gelu)[0]
         y = x @ self.transposed(f"{name}.weight")
         if f"{name}.bias" in self.weights.tensors:
             y = y + self.tensor(f"{name}.bias")
-        return y
+        return ops.gelu(y) if gelu else y
 
     def fused_linear(self, x: TensorValue, names: list[str]) -> list[TensorValue]:
         """Several projections of the same input as one matmul (one read of x, one call),
         split afterwards; missing biases (the key's) are zeros. Same dot products, same values."""
+        if "linear" in self.kernels:
+            return self._kernel_linear(x, names)
         t = self.weights.tensors
         sizes = [t[f"{n}.weight"].shape[0] for n in names]
         joined = "+".join(names)
-        weight = self.derived(f"{joined}.weight.T", lambda: np.concatenate(
-            [t[f"{n}.weight"].T for n in names], axis=1))
-        bias = self.derived(f"{joined}.bias", lambda: np.concatenate(
-            [self._bias(n, size) for n, size in zip(names, sizes, strict=True)]))
+        weight = self.derived(f"{joined}.weight.T", lambda: self._joined_kn(names))
+        bias = self.derived(f"{joined}.bias", lambda: self._joined_bias(names))
         return list(ops.split(x @ weight + bias, sizes, axis=-1))
+
+    def _joined_kn(self, names: list[str]) -> np.ndarray:
+        """The (in, sum of outs) matrix of several projections side by side."""
+        return np.concatenate([self.weights.tensors[f"{n}.weight"].T for n in names], axis=1)
+
+    def _joined_bias(self, names: list[str]) -> np.ndarray:
+        t = self.weights.tensors
+        return np.concatenate([self._bias(n, t[f"{n}.weight"].shape[0]) for n in names])
+
+    def _kernel_linear(self, x: TensorValue, names: list[str], gelu: bool = False
+                       ) -> list[TensorValue]:
+        """`fused_linear` by maxwhisper's float16 Mojo kernel (weights packed in panels)."""
+        sizes = [self.weights.tensors[f"{n}.weight"].shape[0] for n in names]
+        joined = "+".join(names)
+        panels = self.derived(f"{joined}.weight.panels",
+                              lambda: custom_ops.pack_panels(self._joined_kn(names)), DType.float16)
+        bias = self.derived(f"{joined}.bias.padded",
+                            lambda: custom_ops.pad_bias(self._joined_bias(names)))
+        y = custom_ops.linear_f16(x, panels, bias, sum(sizes), gelu)
+        return list(ops.split(y, sizes, axis=-1)) if len(sizes) > 1 else [y]
+
+    def vocabulary_logits(self, h: TensorValue) -> TensorValue:
+        """h (..., d) @ token_embedding^T: the logits (..., n_vocab)."""
+        name = "decoder.token_embedding.weight"
+        if "vocab" in self.kernels:
+            n_vocab = self.weights.tensors[name].shape[0]
+            panels = self.derived(f"{name}.panels",
+                                  lambda: custom_ops.pack_panels(self.weights.tensors[name].T),
+                                  DType.float16)
+            zeros = self.derived(f"{name}.zero_bias",
+                                 lambda: custom_ops.pad_bias(np.zeros(n_vocab, np.float32)))
+            return custom_ops.linear_f16(h, panels, zeros, n_vocab)
+        # (d, V): a plain row-major `x @ W` (measured faster in MAX than `x @ W.T`)
+        return h @ self.transposed(name)
+
+    def token_embedding(self, tokens: TensorValue) -> TensorValue:
+        """The embedding rows of `tokens` (B, S) -> (B, S, d) float32; read from a (V, d)
+        float16 copy when the kernels run (the released values, half the memory)."""
+        name = "decoder.token_embedding.weight"
+        dtype = DType.float16 if "vocab" in self.kernels else None
+        table = self.derived(name, lambda: self.weights.tensors[name], dtype)
+        return _to_float32(ops.gather(table, tokens, axis=0))
 
     def layer_norm(self, x: TensorValue, name: str) -> TensorValue:
         return ops.layer_norm(x, self.tensor(f"{name}.weight"), self.tensor(f"{name}.bias"), LN_EPS)
@@ -200,7 +247,7 @@ def self_attention(x: TensorValue, p: Params, name: str, n_head: int) -> TensorV
 
 
 def mlp(x: TensorValue, p: Params, name: str) -> TensorValue:
-    return p.linear(ops.gelu(p.linear(x, f"{name}.mlp.0")), f"{name}.mlp.2")
+    return p.linear(p.linear(x, f"{name}.mlp.0", gelu=True), f"{name}.mlp.2")
 
 
 def encoder_block(x: TensorValue, p: Params, name: str, n_head: int) -> TensorValue:
@@ -292,6 +339,18 @@ def shared_cross_attention(q: TensorValue, k_t: TensorValue, v: TensorValue
     return ops.permute(out, [1, 0, 2, 3]), ops.permute(weights, [1, 0, 2, 3])
 
 
+def kernel_cross_attention(q: TensorValue, k_t: TensorValue, v: TensorValue, n_head: int
+                           ) -> tuple[TensorValue, TensorValue]:
+    """`shared_cross_attention` by maxwhisper's Mojo kernel, from q (B, S, d) unsplit: the
+    window's K/V are read once per step for every beam at the machine's bandwidth. Returns
+    the output (B, S, d) and the weights (B, H, S, A)."""
+    batch, length, d = q.shape
+    rows = ops.reshape(q, [-1, n_head, int(d) // n_head])  # (B*S, H, hd): no copy
+    out, weights = custom_ops.cross_attention(rows, k_t, v)  # (B*S, H, hd), (H, B*S, A)
+    weights = ops.reshape(weights, [n_head, batch, length, int(k_t.shape[-1])])
+    return ops.reshape(out, [batch, length, d]), ops.permute(weights, [1, 0, 2, 3])
+
+
 def decoder_block(x: TensorValue, p: Params, i: int, n_head: int, keys_t: TensorValue,
                   values: TensorValue, cross_k_t: TensorValue, cross_v: TensorValue,
                   masks: tuple[TensorValue, TensorValue]) -> tuple[TensorValue, ...]:
@@ -309,9 +368,14 @@ def decoder_block(x: TensorValue, p: Params, i: int, n_head: int, keys_t: Tensor
     x = x + p.linear(merge_heads(attended), f"{name}.attn.out")
 
     h = p.layer_norm(x, f"{name}.cross_attn_ln")
-    q = split_heads(p.linear(h, f"{name}.cross_attn.query"), n_head)
-    attended, cross_weights = shared_cross_attention(q, cross_k_t, cross_v)
-    x = x + p.linear(merge_heads(attended), f"{name}.cross_attn.out")
+    q = p.linear(h, f"{name}.cross_attn.query")
+    if "cross_attention" in p.kernels:
+        attended, cross_weights = kernel_cross_attention(q, cross_k_t, cross_v, n_head)
+    else:
+        attended, cross_weights = shared_cross_attention(split_heads(q, n_head), cross_k_t,
+                                                         cross_v)
+        attended = merge_heads(attended)
+    x = x + p.linear(attended, f"{name}.cross_attn.out")
 
     x = x + mlp(p.layer_norm(x, f"{name}.mlp_ln"), p, name)
     return x, k_t, v, cross_weights
@@ -329,10 +393,9 @@ def decoder_step(tokens: TensorValue, offset: TensorValue, keys_t: TensorValue,
     no-speech probability), not of a whole 200-token prompt: picking first saves reading the
     vocabulary matrix for every prompt position.
 
-    The token embedding is kept as (d, V): the output projection, which reads all of it every
-    step, is then a plain row-major `x @ W` (measured faster in MAX than `x @ W.T`), and the
-    embedding lookup gathers B*S columns. With `p.vocab_kernel` it is kept in float16 and the
-    projection is maxwhisper's Mojo kernel (half the bytes per step, the same weight values).
+    The output projection reads the whole token embedding every step; with the "vocab" kernel
+    it is maxwhisper's float16 Mojo kernel (half the bytes, the same weight values), and with
+    "linear" so is every projection of the layers (see `Params.linear`).
     With `with_cross_weights`, also every layer's cross-attention weights (L, B, H, S, A): which
     audio each token attends to.
     """
@@ -340,11 +403,8 @@ def decoder_step(tokens: TensorValue, offset: TensorValue, keys_t: TensorValue,
     past = ops.reshape(offset, [])
     positions = ops.range(past, past + ops.shape_to_tensor([length_new]).reshape([]), 1,
                           out_dim=length_new, dtype=DType.int64, device=p.device)
-    # (d, V); in float16 when the Mojo kernel reads it
-    embedding = p.transposed("decoder.token_embedding.weight",
-                             DType.float16 if p.vocab_kernel else None)
-    x = _to_float32(ops.permute(ops.gather(embedding, tokens, axis=1), [1, 2, 0]))  # (B, S, d)
-    x = x + ops.gather(p.tensor("decoder.positional_embedding"), positions, axis=0)
+    x = p.token_embedding(tokens) + ops.gather(p.tensor("decoder.positional_embedding"),
+                                               positions, axis=0)
     masks = cache_masks(past, length_new, int(keys_t.shape[-1]), p.device)
     new_k, new_v, cross_weights = [], [], []
     for i in range(dims.n_text_layer):
@@ -354,7 +414,7 @@ def decoder_step(tokens: TensorValue, offset: TensorValue, keys_t: TensorValue,
         new_v.append(v)
         cross_weights.append(weights)
     h = p.layer_norm(ops.gather(x, picks, axis=1), "decoder.ln")
-    logits = custom_ops.vocab_logits(h, embedding) if p.vocab_kernel else h @ embedding
+    logits = p.vocabulary_logits(h)
     outputs = (logits, ops.stack(new_k, axis=0), ops.stack(new_v, axis=0))
     if with_cross_weights:
         return *outputs, ops.stack(cross_weights, axis=0)
@@ -405,7 +465,7 @@ def build_decoder_graph(p: Params, with_cross_weights: bool = False) -> Graph:
     (logits, new keys, new values[, cross weights])."""
     dims = p.weights.dims
     name = "whisper_decoder_alignment" if with_cross_weights else "whisper_decoder"
-    extensions = [custom_ops.kernel_library()] if p.vocab_kernel else []
+    extensions = [custom_ops.kernel_library()] if p.kernels else []
     with Graph(name, input_types=decoder_input_types(dims, p.device),
                custom_extensions=extensions) as graph:
         tokens, offset, *caches, picks = (value.tensor for value in graph.inputs)

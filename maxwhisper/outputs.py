@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .engines import Transcription
+from .results import Transcription
 from .transcribe import format_timestamp
 
 FORMATS = ("txt", "srt", "vtt", "json")

@@ -38,9 +38,18 @@ def build_dir() -> Path:
     return Path(os.environ.get("MAXWHISPER_BUILD_DIR", REPO_ROOT / "build")).expanduser()
 
 
-def vocab_kernel_allowed() -> bool:
-    """`MAXWHISPER_VOCAB_KERNEL=0` turns off the Mojo float16 output projection (for A/B runs)."""
-    return os.environ.get("MAXWHISPER_VOCAB_KERNEL", "1") != "0"
+KERNEL_SWITCHES = {
+    "vocab": "MAXWHISPER_VOCAB_KERNEL",  # the decoder's output projection
+    "linear": "MAXWHISPER_LINEAR_KERNEL",  # the decoder layers' projections
+    "cross_attention": "MAXWHISPER_ATTENTION_KERNEL",  # the decoder's attention to the audio
+}
+
+
+def kernel_allowed(kernel: str) -> bool:
+    """Each of maxwhisper's Mojo kernels can be turned off for A/B runs: `MAXWHISPER_VOCAB_KERNEL=0`
+    (the output projection), `MAXWHISPER_LINEAR_KERNEL=0` (the layers' projections) and
+    `MAXWHISPER_ATTENTION_KERNEL=0` (the cross-attention) fall back to MAX's own ops."""
+    return os.environ.get(KERNEL_SWITCHES[kernel], "1") != "0"
 
 
 def encoder_float64_blocks() -> int | None:

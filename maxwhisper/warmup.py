@@ -12,7 +12,7 @@ import time
 
 
 def warm(model: str, kind: str) -> None:
-    from .engine import MaxWhisperModel
+    from .runtime import MaxWhisperModel
     from .weights import load_weights
 
     compiled = MaxWhisperModel(load_weights(model), graphs=(kind,))

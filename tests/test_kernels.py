@@ -1,4 +1,4 @@
-"""maxwhisper's Mojo kernel (the float16 output projection) against numpy, and when it is used."""
+"""maxwhisper's Mojo kernels against numpy on ragged sizes, and when the runtime uses them."""
 
 from __future__ import annotations
 
@@ -8,31 +8,83 @@ from conftest import max_model
 from max.dtype import DType
 
 from maxwhisper import custom_ops
-from maxwhisper.engine import compile_piece
+from maxwhisper.runtime import compile_piece
 from maxwhisper.weights import load_weights
 
 
-@pytest.fixture(scope="module")
-def vocab_piece():
-    def body(h, embedding, _params):
-        return custom_ops.vocab_logits(h, embedding)
+def _gelu(x: np.ndarray) -> np.ndarray:
+    from math import erf, sqrt
 
-    # a vocabulary that is not a multiple of the kernel's tile or vector width, several rows
-    types = [(DType.float32, ["batch", "picks", 64]), (DType.float16, [64, "vocab"])]
-    return compile_piece("vocab_logits_test", types, body, load_weights("tiny.en"), "cpu",
+    return 0.5 * x * (1.0 + np.vectorize(erf)(x / sqrt(2.0)))
+
+
+@pytest.fixture(scope="module")
+def linear_pieces():
+    """The float16 linear kernel (plain and with GELU) for a symbolic shape."""
+
+    def make(gelu):
+        def body(x, panels, bias, _params):
+            n = int(panels.shape[0]) * custom_ops.PANEL
+            return custom_ops.linear_f16(x, panels, bias, n, gelu)
+
+        types = [(DType.float32, ["batch", "rows", "k"]), (DType.float16, ["panels", "k", 64]),
+                 (DType.float32, ["width"])]
+        return compile_piece(f"linear_f16_test_{gelu}", types, body, load_weights("tiny.en"),
+                             "cpu", kernels=True)
+
+    return {gelu: make(gelu) for gelu in (False, True)}
+
+
+@pytest.mark.parametrize("gelu", [False, True])
+@pytest.mark.parametrize("batch,rows,k,n", [(1, 1, 384, 51865), (5, 1, 384, 1152),
+                                            (1, 13, 64, 70), (2, 7, 1536, 384), (1, 221, 32, 64)])
+def test_linear_f16_equals_a_float32_product(linear_pieces, gelu, batch, rows, k, n):
+    rng = np.random.default_rng(n + rows)
+    x = rng.standard_normal((batch, rows, k)).astype(np.float32)
+    w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float16)
+    bias = rng.standard_normal(n).astype(np.float32)
+    (y,) = linear_pieces[gelu](x, custom_ops.pack_panels(w), custom_ops.pad_bias(bias))
+    exact = x.astype(np.float64) @ w.astype(np.float64) + bias
+    if gelu:
+        exact = _gelu(exact)
+    width = custom_ops.pad_bias(bias).size
+    assert y.shape == (batch, rows, width)
+    assert np.abs(y[..., :n] - exact).max() < 1e-5  # float32 sums of products of size ~1
+    assert not y[..., n:].any()  # the padding columns: zero weights, zero bias
+
+
+def test_pack_panels_layout():
+    w = np.arange(3 * 70, dtype=np.float16).reshape(3, 70)
+    panels = custom_ops.pack_panels(w)
+    assert panels.shape == (2, 3, 64) and panels.dtype == np.float16
+    assert np.array_equal(panels[1, :, :6], w[:, 64:]) and not panels[1, :, 6:].any()
+    assert np.array_equal(panels.transpose(1, 0, 2).reshape(3, 128)[:, :70], w)
+
+
+@pytest.fixture(scope="module")
+def attention_piece():
+    def body(q, keys_t, values, _params):
+        return custom_ops.cross_attention(q, keys_t, values)
+
+    types = [(DType.float32, ["rows", "heads", 64]), (DType.float32, ["heads", 64, "audio"]),
+             (DType.float32, ["heads", "audio", 64])]
+    return compile_piece("cross_attention_test", types, body, load_weights("tiny.en"), "cpu",
                          kernels=True)
 
 
-@pytest.mark.parametrize("batch,picks,vocab", [(1, 1, 51865), (5, 1, 1037), (2, 3, 17)])
-def test_vocab_logits_equal_a_float32_product(vocab_piece, batch, picks, vocab):
-    rng = np.random.default_rng(vocab)
-    h = rng.standard_normal((batch, picks, 64)).astype(np.float32)
-    embedding = rng.standard_normal((64, vocab)).astype(np.float16)
-    (logits,) = vocab_piece(h, embedding)
-    exact = h.astype(np.float64) @ embedding.astype(np.float64)
-    assert logits.shape == (batch, picks, vocab)
-    # float32 sums of 64 products of size ~1: a few ulp of values around 10
-    assert np.abs(logits - exact).max() < 1e-4
+@pytest.mark.parametrize("rows,heads,audio", [(1, 6, 1500), (5, 8, 1500), (13, 2, 77), (1, 1, 5)])
+def test_cross_attention_equals_softmax_attention(attention_piece, rows, heads, audio):
+    rng = np.random.default_rng(rows * audio)
+    q = rng.standard_normal((rows, heads, 64)).astype(np.float32)
+    keys_t = rng.standard_normal((heads, 64, audio)).astype(np.float32)
+    values = rng.standard_normal((heads, audio, 64)).astype(np.float32)
+    out, weights = attention_piece(q, keys_t, values)
+    scores = np.einsum("rhd,hda->hra", q.astype(np.float64), keys_t.astype(np.float64)) / 8.0
+    exact = np.exp(scores - scores.max(-1, keepdims=True))
+    exact /= exact.sum(-1, keepdims=True)
+    assert weights.shape == (heads, rows, audio) and np.abs(weights - exact).max() < 1e-6
+    expected = np.einsum("hra,had->rhd", exact, values.astype(np.float64))
+    assert out.shape == (rows, heads, 64) and np.abs(out - expected).max() < 1e-5
 
 
 def test_fits_float16():
@@ -40,6 +92,7 @@ def test_fits_float16():
     assert not custom_ops.fits_float16(np.array([0.1], np.float32))
 
 
-def test_released_weights_use_the_kernel_on_cpu():
+def test_released_weights_use_every_kernel_on_cpu():
     model = max_model("tiny.en")
-    assert model.device == "cpu" and model.vocab_kernel
+    assert model.device == "cpu"
+    assert model.kernels == {"vocab", "linear", "cross_attention"}

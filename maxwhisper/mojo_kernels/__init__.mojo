@@ -1,1 +1,1 @@
-# maxwhisper's custom MAX Graph kernels (a Mojo source package; see vocab_logits.mojo).
+# maxwhisper's custom MAX Graph kernels (a Mojo source package; see linear_f16.mojo).

@@ -26,7 +26,7 @@ from max.graph import DeviceRef
 
 from . import custom_ops
 from . import model as graph_model
-from .settings import cache_dir, encoder_float64_blocks, vocab_kernel_allowed
+from .settings import cache_dir, encoder_float64_blocks, kernel_allowed
 from .weights import ModelDimensions, WhisperWeights
 
 DTYPES = {"float32": DType.float32, "float16": DType.float16}
@@ -64,16 +64,33 @@ def default_float64_blocks(dims: ModelDimensions) -> int:
     return 1 if dims.n_audio_state > 384 else 0
 
 
+def default_kernels(weights: WhisperWeights, device: str, dtype: str) -> frozenset[str]:
+    """maxwhisper's Mojo kernels the decoder uses: the CPU kernels in float32, each where it
+    changes no value (the float16 ones only when the weights are exactly float16 values, as
+    the released ones are) and unless its `MAXWHISPER_*_KERNEL=0` switch turns it off."""
+    if device != "cpu" or dtype != "float32":
+        return frozenset()
+    tensors = weights.tensors
+    applies = {
+        "vocab": custom_ops.fits_float16(tensors["decoder.token_embedding.weight"]),
+        "linear": all(custom_ops.fits_float16(array) for name, array in tensors.items()
+                      if name.startswith("decoder.blocks.") and name.endswith(".weight")
+                      and array.ndim == 2),
+        "cross_attention": weights.dims.n_text_state // weights.dims.n_text_head == 64,
+    }
+    return frozenset(name for name, ok in applies.items() if ok and kernel_allowed(name))
+
+
 def _source_hash() -> str:
     graph_code = hashlib.sha256(Path(graph_model.__file__).read_bytes()).hexdigest()[:16]
     return f"{graph_code}-{custom_ops.source_hash()}"
 
 
 def cache_key(kind: str, dims: ModelDimensions, dtype: str, device: str,
-              vocab_kernel: bool = False, float64_blocks: int = 0) -> str:
+              kernels: frozenset[str] = frozenset(), float64_blocks: int = 0) -> str:
     record = {"kind": kind, "dims": asdict(dims), "dtype": dtype, "device": device,
               "max": metadata.version("max"), "source": _source_hash(),
-              "vocab_kernel": vocab_kernel, "float64_blocks": float64_blocks}
+              "kernels": sorted(kernels), "float64_blocks": float64_blocks}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -91,7 +108,7 @@ def load_graph(session, builder, params: graph_model.Params, kind: str, device_l
     graph = builder(params)
     registry = params.registry()
     key = cache_key(kind, params.weights.dims, str(params.dtype), device_label,
-                    params.vocab_kernel, params.float64_blocks)
+                    params.kernels, params.float64_blocks)
     path = cache_dir() / f"{kind}-{key}.mef"
     if path.is_file():
         try:
@@ -119,12 +136,15 @@ def load_graph(session, builder, params: graph_model.Params, kind: str, device_l
 
 @dataclass
 class RunStats:
-    """Time spent in the encoder and decoder graphs since the last reset (for the benchmark)."""
+    """Time spent in the encoder and decoder graphs since the last reset (for the benchmark):
+    decoding steps of one new token apart from prompt prefills (many tokens at once)."""
 
     encode_s: float = 0.0
     windows: int = 0
     decode_s: float = 0.0
     decode_steps: int = 0
+    prefill_s: float = 0.0
+    prefills: int = 0
 
     def reset(self) -> None:
         self.__init__()
@@ -226,7 +246,7 @@ class MaxWhisperModel:
 
     def __init__(self, weights: WhisperWeights, device: str = "auto", dtype: str = "float32",
                  verbose: bool = True, graphs: tuple[str, ...] = ("encoder", "decoder"),
-                 vocab_kernel: bool | None = None, float64_blocks: int | None = None):
+                 kernels: frozenset[str] | None = None, float64_blocks: int | None = None):
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
         self.weights, self.dims = weights, weights.dims
@@ -237,11 +257,7 @@ class MaxWhisperModel:
         self.stats = RunStats()
         self.session = max_engine.InferenceSession(devices=[self.driver_device])
         self._device_ref, self._verbose = device_ref, verbose
-        if vocab_kernel is None:  # on where it applies and changes no weight value
-            vocab_kernel = (vocab_kernel_allowed() and self.device == "cpu" and dtype == "float32"
-                            and custom_ops.fits_float16(
-                                weights.tensors["decoder.token_embedding.weight"]))
-        self.vocab_kernel = vocab_kernel
+        self.kernels = default_kernels(weights, self.device, dtype) if kernels is None else kernels
         if float64_blocks is None:  # float32 on the CPU only: the setting, else per model
             on_cpu_float32 = self.device == "cpu" and dtype == "float32"
             float64_blocks = encoder_float64_blocks() if on_cpu_float32 else 0
@@ -258,7 +274,7 @@ class MaxWhisperModel:
             # each graph gets its own Params, which records only the weights it uses
             float64_blocks = self.float64_blocks if kind == "encoder" else 0
             params = graph_model.Params(self.weights, self._device_ref, DTYPES[self.dtype],
-                                        vocab_kernel=self.vocab_kernel,
+                                        kernels=self.kernels if kind != "encoder" else frozenset(),
                                         float64_blocks=float64_blocks)
             self._graphs[kind], self._registries[kind] = load_graph(
                 self.session, GRAPH_BUILDERS[kind], params, kind, self.device, self.report,
@@ -295,8 +311,12 @@ class MaxWhisperModel:
         logits, new_k, new_v = self._run(self._graph("decoder"), tokens, *cache.inputs(),
                                          *self._cross(features), picks)
         cache.append(new_k, new_v)
-        self.stats.decode_s += time.perf_counter() - start
-        self.stats.decode_steps += 1
+        if tokens.shape[1] == 1:
+            self.stats.decode_s += time.perf_counter() - start
+            self.stats.decode_steps += 1
+        else:
+            self.stats.prefill_s += time.perf_counter() - start
+            self.stats.prefills += 1
         return logits
 
     def cross_attention(self, tokens: np.ndarray, features: AudioFeatures
@@ -320,6 +340,19 @@ class MaxWhisperModel:
         if features.cross_keys.shape[1] != 1:
             raise ValueError("the decoder takes one window's features; use features.window(i)")
         return features.cross_keys[:, 0], features.cross_values[:, 0]
+
+    def decoder_bytes_per_step(self, batch: int = 1) -> int:
+        """The bytes one decoding step of `batch` rows reads: every decoder weight in the
+        dtype the graph holds it in (but only `batch` rows of the token and position tables),
+        the window's cross-attention K/V, and the whole self-attention cache (the graph reads
+        all n_text_ctx slots, masked). The floor a step's time is measured against."""
+        d = self.dims
+        tables = ("decoder.token_embedding.weight", "decoder.positional_embedding")
+        weights = sum(array.nbytes for name, array in self._registries["decoder"].items()
+                      if not name.startswith(tables))
+        cross = 2 * d.n_text_layer * d.n_audio_ctx * d.n_text_state * 4
+        cache = 2 * d.n_text_layer * batch * d.n_text_ctx * d.n_text_state * 4
+        return weights + cross + cache
 
     def new_cache(self, batch: int) -> KVCache:
         return KVCache(self.dims, batch)

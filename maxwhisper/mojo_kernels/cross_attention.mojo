@@ -1,0 +1,125 @@
+# The decoder's cross-attention over one audio window: for every query row and head,
+# weights = softmax(q . K^T / sqrt(hd)) over the window's A positions and out = weights @ V.
+#
+# Why: a decoding step reads every layer's cross keys and values (1500 positions x d each,
+# 18 MB in float32 for tiny), so the step is bound by that read; MAX's batched matmul at one
+# query row streams it at about half the machine's rate. Here each head's K^T (hd, A) and
+# V (A, hd) stream once, front to back, for a block of up to six query rows (the beams share
+# the window): the block's scores of 64 positions at a time stay in registers while K^T's hd
+# rows stream through, and its output sums (64 per row) while V's rows stream through. Heads are
+# shared out over the physical cores; every value is float32, as in MAX's own path.
+
+import extensibility
+from extensibility import InputTensor, OutputTensor
+from max.algorithm import sync_parallelize
+from max.gpu.host import DeviceContext
+from std.math import exp, sqrt
+from std.sys.info import num_physical_cores
+
+
+comptime HD = 64  # Whisper's head width, every model size
+comptime CHUNK = 64  # audio positions whose scores stay in registers (4 AVX-512 vectors)
+
+
+@extensibility.register("maxwhisper_cross_attention")
+struct CrossAttention:
+    """Out (R, H, 64) and weights (H, R, A) from q (R, H, 64), K^T (H, 64, A), V (H, A, 64)."""
+
+    @staticmethod
+    def execute[target: StaticString](
+        attended: OutputTensor[dtype=DType.float32, rank=3, ...],
+        weights: OutputTensor[dtype=DType.float32, rank=3, ...],
+        q: InputTensor[dtype=DType.float32, rank=3, ...],
+        keys_t: InputTensor[dtype=DType.float32, rank=3, ...],
+        values: InputTensor[dtype=DType.float32, rank=3, ...],
+        ctx: DeviceContext,
+    ) raises:
+        comptime if target != "cpu":
+            raise Error("maxwhisper_cross_attention is a CPU kernel")
+        var rows = q.dim_size(0)
+        var heads = q.dim_size(1)
+        var positions = keys_t.dim_size(2)
+        if (q.dim_size(2) != HD or keys_t.dim_size(0) != heads or keys_t.dim_size(1) != HD
+                or values.dim_size(0) != heads or values.dim_size(1) != positions
+                or values.dim_size(2) != HD or weights.dim_size(0) != heads
+                or weights.dim_size(1) != rows or weights.dim_size(2) != positions):
+            raise Error("maxwhisper_cross_attention: q (R, H, 64), K^T (H, 64, A), V (H, A, 64)")
+        var qp = q.unsafe_ptr()
+        var kp = keys_t.unsafe_ptr()
+        var vp = values.unsafe_ptr()
+        var op = attended.unsafe_ptr()
+        var wp = weights.unsafe_ptr()
+        var scale = Float32(1.0) / sqrt(Float32(HD))
+        var vector_end = positions - positions % CHUNK
+        var workers = min(num_physical_cores(), heads)
+
+        @always_inline
+        def block[rb: Int](h: Int, r0: Int) {imm}:
+            # rb query rows of head h: every K^T and V vector loaded once serves all rb rows
+            var kh = kp.unsafe_offset(h * HD * positions)
+            var vh = vp.unsafe_offset(h * positions * HD)
+            var top = Array[Float32, rb](fill=Float32.MIN)
+            # scores, 64 positions at a time in registers, K^T's rows streaming
+            for a in range(0, vector_end, CHUNK):
+                var s = Array[SIMD[DType.float32, CHUNK], rb](fill=0)
+                for d in range(HD):
+                    var k = kh.unsafe_load[width=CHUNK](d * positions + a)
+                    comptime for i in range(rb):
+                        s[i] += k * qp.unsafe_load(((r0 + i) * heads + h) * HD + d)
+                comptime for i in range(rb):
+                    var scaled = s[i] * scale
+                    top[i] = max(top[i], scaled.reduce_max())
+                    wp.unsafe_store[width=CHUNK]((h * rows + r0 + i) * positions + a, scaled)
+            for a in range(vector_end, positions):  # the ragged end
+                comptime for i in range(rb):
+                    var s = Float32(0)
+                    for d in range(HD):
+                        s += kh.unsafe_load(d * positions + a) * qp.unsafe_load(
+                            ((r0 + i) * heads + h) * HD + d)
+                    s *= scale
+                    top[i] = max(top[i], s)
+                    wp.unsafe_store((h * rows + r0 + i) * positions + a, s)
+            # softmax in place, one row at a time
+            comptime for i in range(rb):
+                var wr = wp.unsafe_offset((h * rows + r0 + i) * positions)
+                var total = Float32(0)
+                for a in range(0, vector_end, CHUNK):
+                    var e = exp(wr.unsafe_load[width=CHUNK](a) - top[i])
+                    total += e.reduce_add()
+                    wr.unsafe_store[width=CHUNK](a, e)
+                for a in range(vector_end, positions):
+                    var e = exp(wr.unsafe_load(a) - top[i])
+                    total += e
+                    wr.unsafe_store(a, e)
+                for a in range(0, vector_end, CHUNK):
+                    wr.unsafe_store[width=CHUNK](a, wr.unsafe_load[width=CHUNK](a) / total)
+                for a in range(vector_end, positions):
+                    wr.unsafe_store(a, wr.unsafe_load(a) / total)
+            # out = weights @ V: hd = 64 sums per row in registers, V's rows streaming
+            var acc = Array[SIMD[DType.float32, HD], rb](fill=0)
+            for a in range(positions):
+                var v = vh.unsafe_load[width=HD](a * HD)
+                comptime for i in range(rb):
+                    acc[i] += v * wp.unsafe_load((h * rows + r0 + i) * positions + a)
+            comptime for i in range(rb):
+                op.unsafe_store[width=HD](((r0 + i) * heads + h) * HD, acc[i])
+
+        def work(worker: Int) {imm}:
+            for h in range(heads * worker // workers, heads * (worker + 1) // workers):
+                var r = 0
+                while rows - r >= 6:
+                    block[6](h, r)
+                    r += 6
+                var left = rows - r  # 0 to 5 rows: one more block (the beams fit in one)
+                if left == 5:
+                    block[5](h, r)
+                elif left == 4:
+                    block[4](h, r)
+                elif left == 3:
+                    block[3](h, r)
+                elif left == 2:
+                    block[2](h, r)
+                elif left == 1:
+                    block[1](h, r)
+
+        sync_parallelize(work, workers)

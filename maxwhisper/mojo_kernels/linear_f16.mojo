@@ -1,0 +1,125 @@
+# The decoder's projections, y = x @ W + b (optionally GELU(y)), with W kept in float16 and
+# widened to float32 in registers; products and sums in float32.
+#
+# Why: a decoding step multiplies one row (or one row per beam) by every weight matrix of
+# the decoder and by the (d, n_vocab) token embedding, so the step is bound by the bytes it
+# reads, and MAX's generic matmul streams about half of what this machine can at M = 1. The
+# released Whisper weights are float16, so storing them in float16 halves the bytes and
+# changes no weight value. (MAX's own float16 matmul has no native half-precision math on
+# CPUs without it and is ~100x slower, hence a kernel.)
+#
+# Layout: W is packed as panels of 64 output columns, (P, K, 64) with P = ceil(N / 64),
+# zero-padded (the output has 64 P columns; the graph drops the padding), so one panel is one contiguous run of K x 128 bytes: a GEMV streams every
+# panel front to back, which the hardware prefetcher follows at full speed. A block of up to
+# up to six rows keeps its 6 x 64 float32 sums in registers (24 AVX-512 registers) while
+# the panel's rows stream through, so each weight is widened once and used for every row of the
+# block (the beams; or the prompt rows of a prefill, where the block makes this a small GEMM
+# micro-kernel). Panels are shared out over the physical cores.
+
+import extensibility
+from extensibility import InputTensor, OutputTensor
+from max.algorithm import sync_parallelize
+from max.gpu.host import DeviceContext
+from std.math import erf
+from std.sys.info import num_physical_cores
+
+
+comptime PANEL = 64  # output columns per panel: 4 AVX-512 vectors of float32
+
+
+@extensibility.register("maxwhisper_linear_f16")
+struct LinearF16:
+    """Y (R, N) float32 = x (R, K) float32 @ W (K, N) + bias, W packed (P, K, 64) float16."""
+
+    @staticmethod
+    def execute[target: StaticString](
+        y: OutputTensor[dtype=DType.float32, rank=2, ...],
+        x: InputTensor[dtype=DType.float32, rank=2, ...],
+        weight: InputTensor[dtype=DType.float16, rank=3, ...],
+        bias: InputTensor[dtype=DType.float32, rank=1, ...],
+        ctx: DeviceContext,
+    ) raises:
+        comptime if target != "cpu":
+            raise Error("maxwhisper_linear_f16 is a CPU kernel")
+        run_linear[False](y, x, weight, bias)
+
+
+@extensibility.register("maxwhisper_linear_f16_gelu")
+struct LinearF16Gelu:
+    """GELU(x @ W + bias) (exact, erf-based GELU as Whisper's MLP), W packed as above."""
+
+    @staticmethod
+    def execute[target: StaticString](
+        y: OutputTensor[dtype=DType.float32, rank=2, ...],
+        x: InputTensor[dtype=DType.float32, rank=2, ...],
+        weight: InputTensor[dtype=DType.float16, rank=3, ...],
+        bias: InputTensor[dtype=DType.float32, rank=1, ...],
+        ctx: DeviceContext,
+    ) raises:
+        comptime if target != "cpu":
+            raise Error("maxwhisper_linear_f16_gelu is a CPU kernel")
+        run_linear[True](y, x, weight, bias)
+
+
+@always_inline
+def finish[gelu: Bool](acc: SIMD[DType.float32, PANEL], b: SIMD[DType.float32, PANEL]
+                       ) -> SIMD[DType.float32, PANEL]:
+    var v = acc + b
+    comptime if gelu:
+        return v * 0.5 * (1.0 + erf(v * 0.7071067811865476))
+    return v
+
+
+def run_linear[gelu: Bool](
+    y: OutputTensor[dtype=DType.float32, rank=2, ...],
+    x: InputTensor[dtype=DType.float32, rank=2, ...],
+    weight: InputTensor[dtype=DType.float16, rank=3, ...],
+    bias: InputTensor[dtype=DType.float32, rank=1, ...],
+) raises:
+    var rows = x.dim_size(0)
+    var k_dim = x.dim_size(1)
+    var n_dim = y.dim_size(1)
+    var panels = weight.dim_size(0)
+    if (weight.dim_size(2) != PANEL or weight.dim_size(1) != k_dim or panels * PANEL != n_dim
+            or bias.dim_size(0) != n_dim or y.dim_size(0) != rows):
+        raise Error("maxwhisper_linear_f16: x (R, K), weight (P, K, 64), bias (64 P), y (R, 64 P)")
+    var xp = x.unsafe_ptr()
+    var wp = weight.unsafe_ptr()
+    var bp = bias.unsafe_ptr()
+    var out = y.unsafe_ptr()
+    var workers = min(num_physical_cores(), panels)
+
+    @always_inline
+    def block[rb: Int](r: Int, panel_index: Int) {imm}:
+        # rb rows x 64 columns of sums in registers (rb <= 6: 4 rb + 4 of 32 AVX-512 registers)
+        var n = panel_index * PANEL
+        var panel = wp.unsafe_offset(panel_index * k_dim * PANEL)
+        var acc = Array[SIMD[DType.float32, PANEL], rb](fill=0)
+        var xr = xp.unsafe_offset(r * k_dim)
+        for k in range(k_dim):
+            var w = panel.unsafe_load[width=PANEL](k * PANEL).cast[DType.float32]()
+            comptime for i in range(rb):
+                acc[i] += w * xr.unsafe_load(i * k_dim + k)
+        var b = bp.unsafe_load[width=PANEL](n)
+        comptime for i in range(rb):
+            out.unsafe_store[width=PANEL]((r + i) * n_dim + n, finish[gelu](acc[i], b))
+
+    def work(worker: Int) {imm}:
+        for p in range(panels * worker // workers, panels * (worker + 1) // workers):
+            var r = 0
+            while rows - r >= 6:  # six rows share each widened weight vector
+                block[6](r, p)
+                r += 6
+            var left = rows - r  # 0 to 5 rows: one more block (the beams fit in one)
+            if left == 5:
+                block[5](r, p)
+            elif left == 4:
+                block[4](r, p)
+            elif left == 3:
+                block[3](r, p)
+            elif left == 2:
+                block[2](r, p)
+            elif left == 1:
+                block[1](r, p)
+
+    sync_parallelize(work, workers)

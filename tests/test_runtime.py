@@ -1,0 +1,59 @@
+"""The MAX runtime's numeric options and kernels: what selects them, and that each gets its own
+compiled graph."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from maxwhisper.runtime import cache_key, default_float64_blocks, default_kernels
+from maxwhisper.settings import encoder_float64_blocks
+
+
+def test_float64_blocks_setting(monkeypatch, tiny_weights, base_weights):
+    monkeypatch.delenv("MAXWHISPER_ENCODER_FLOAT64_BLOCKS", raising=False)
+    assert encoder_float64_blocks() is None  # the engine decides per model
+    assert default_float64_blocks(tiny_weights.dims) == 0
+    assert default_float64_blocks(base_weights.dims) == 1
+    monkeypatch.setenv("MAXWHISPER_ENCODER_FLOAT64_BLOCKS", "0")
+    assert encoder_float64_blocks() == 0
+    monkeypatch.setenv("MAXWHISPER_ENCODER_FLOAT64_BLOCKS", "one")
+    with pytest.raises(ValueError, match="MAXWHISPER_ENCODER_FLOAT64_BLOCKS"):
+        encoder_float64_blocks()
+
+
+def test_numeric_options_are_part_of_the_cache_key(tiny_weights):
+    dims = tiny_weights.dims
+    plain = cache_key("encoder", dims, "float32", "cpu")
+    assert cache_key("encoder", dims, "float32", "cpu", float64_blocks=1) != plain
+    assert cache_key("encoder", dims, "float32", "cpu", kernels=frozenset({"vocab"})) != plain
+    assert cache_key("encoder", dims, "float32", "cpu", kernels=frozenset({"vocab", "linear"})) \
+        != cache_key("encoder", dims, "float32", "cpu", kernels=frozenset({"vocab"}))
+    assert cache_key("encoder", dims, "float16", "cpu") != plain
+    assert cache_key("encoder", dims, "float32", "cpu") == plain
+
+
+def test_kernels_apply_to_released_weights_on_the_cpu_in_float32(monkeypatch, tiny_weights,
+                                                                    base_weights):
+    for name in ("MAXWHISPER_VOCAB_KERNEL", "MAXWHISPER_LINEAR_KERNEL",
+                 "MAXWHISPER_ATTENTION_KERNEL"):
+        monkeypatch.delenv(name, raising=False)
+    every = {"vocab", "linear", "cross_attention"}
+    assert default_kernels(tiny_weights, "cpu", "float32") == every
+    assert default_kernels(base_weights, "cpu", "float32") == every
+    assert default_kernels(tiny_weights, "gpu", "float32") == frozenset()
+    assert default_kernels(tiny_weights, "cpu", "float16") == frozenset()
+    monkeypatch.setenv("MAXWHISPER_LINEAR_KERNEL", "0")
+    assert default_kernels(tiny_weights, "cpu", "float32") == every - {"linear"}
+
+
+def test_float16_kernels_only_for_weights_that_are_float16_values(tiny_weights):
+    """A checkpoint whose decoder weights are not exactly float16 (fine-tuned in float32, say)
+    keeps MAX's float32 matmuls, so no weight value is ever rounded."""
+    name = "decoder.blocks.0.mlp.0.weight"
+    nudged = tiny_weights.tensors[name].astype(np.float32) + np.float32(1e-4)
+    changed = replace(tiny_weights, tensors={**tiny_weights.tensors, name: nudged})
+    kernels = default_kernels(changed, "cpu", "float32")
+    assert "linear" not in kernels and "vocab" in kernels
