@@ -21,6 +21,7 @@ CHUNK_LENGTH = 30
 N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples in a 30-second window
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in a window
 N_SAMPLES_PER_TOKEN = HOP_LENGTH * 2  # the conv stem has stride 2
+STFT_BLOCK = 2048  # frames per block of the log-mel computation (about 20 s of audio)
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 10 ms per mel frame
 TOKENS_PER_SECOND = SAMPLE_RATE // N_SAMPLES_PER_TOKEN  # 20 ms per audio position
 
@@ -137,12 +138,17 @@ def log_mel_spectrogram(audio: np.ndarray | str | Path, n_mels: int = 80,
     if audio.size < N_FFT // 2 + 1:  # reflect padding needs more samples than half a frame
         audio = np.pad(audio, (0, N_FFT // 2 + 1 - audio.size))
     padded = np.pad(audio, (N_FFT // 2, N_FFT // 2), mode="reflect")
-    n_frames = 1 + (padded.size - N_FFT) // HOP_LENGTH
+    n_frames = (padded.size - N_FFT) // HOP_LENGTH  # the STFT's last frame is dropped
     frames = np.lib.stride_tricks.as_strided(
         padded, shape=(n_frames, N_FFT), strides=(padded.strides[0] * HOP_LENGTH, padded.strides[0]))
-    spectrum = np.fft.rfft(frames * _hann_window(N_FFT), axis=-1)[:-1]  # (frames-1, 201)
-    power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
-    mel = mel_filters(n_mels) @ power.T  # (n_mels, frames-1)
-    log_spec = np.log10(np.maximum(mel, 1e-10))
+    # in blocks of frames: the same numbers, without a file-sized complex spectrum (for long
+    # audio, allocating and faulting in those arrays cost more than the FFT itself)
+    log_spec = np.empty((n_mels, n_frames), dtype=np.float32)
+    window, filters = _hann_window(N_FFT), mel_filters(n_mels)
+    for start in range(0, n_frames, STFT_BLOCK):
+        block = slice(start, min(start + STFT_BLOCK, n_frames))
+        spectrum = np.fft.rfft(frames[block] * window, axis=-1)  # (frames, 201)
+        power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
+        log_spec[:, block] = np.log10(np.maximum(filters @ power.T, 1e-10))
     log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
     return ((log_spec + 4.0) / 4.0).astype(np.float32)

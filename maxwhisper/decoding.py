@@ -96,9 +96,12 @@ class SuppressBlank:
     tokenizer: Tokenizer
     sample_begin: int
 
+    def __post_init__(self) -> None:
+        self.blank = self.tokenizer.encode(" ") + [self.tokenizer.eot]
+
     def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
         if tokens.shape[1] == self.sample_begin:
-            logits[:, self.tokenizer.encode(" ") + [self.tokenizer.eot]] = -np.inf
+            logits[:, self.blank] = -np.inf
 
 
 @dataclass
@@ -145,9 +148,13 @@ class ApplyTimestampRules:
             if self.max_initial_timestamp_index is not None:
                 logits[:, begin + self.max_initial_timestamp_index + 1 :] = -np.inf
 
-        logprobs = log_softmax(logits)
+        # Whisper compares log-probabilities: the timestamps' total against the best text
+        # token. Both sides carry the same normaliser, so the raw logits decide it alike (in
+        # float64, no less exact than float32 log-probabilities), without a softmax over the
+        # whole vocabulary each step.
         for k in range(tokens.shape[0]):
-            if logsumexp(logprobs[k, begin:]) > logprobs[k, :begin].max():
+            timestamp_total = logsumexp(logits[k, begin:].astype(np.float64))
+            if timestamp_total > float(logits[k, :begin].max()):
                 logits[k, :begin] = -np.inf
 
 

@@ -194,6 +194,13 @@ def get_tokenizer(multilingual: bool, *, num_languages: int = NUM_LANGUAGES,
                 raise ValueError(f"unsupported language: {language}")
             language = by_name[language]
     if multilingual:
-        return Tokenizer(get_encoding("multilingual", num_languages), num_languages,
-                         language or "en", task or "transcribe")
-    return Tokenizer(get_encoding("gpt2", num_languages), num_languages, None, None)
+        return _tokenizer("multilingual", num_languages, language or "en", task or "transcribe")
+    return _tokenizer("gpt2", num_languages, None, None)
+
+
+@lru_cache(maxsize=32)
+def _tokenizer(encoding: str, num_languages: int, language: str | None,
+               task: str | None) -> Tokenizer:
+    """One Tokenizer per setting, so its cached token sets (the non-speech symbols, encoded
+    from ~100 strings) are computed once, not for every 30-s window."""
+    return Tokenizer(get_encoding(encoding, num_languages), num_languages, language, task)
