@@ -218,12 +218,28 @@ class KVCache:
         self.length += n
 
     def reorder(self, source_rows: np.ndarray) -> None:
-        """Row b of the batch becomes old row source_rows[b] (beam search bookkeeping)."""
-        if np.array_equal(source_rows, np.arange(len(source_rows))):
+        """Row b of the batch becomes old row source_rows[b] (beam search bookkeeping).
+
+        Only the rows that change are copied (most beams usually keep their own row), and
+        only their filled slots; the fancy-indexed right side is a copy, so a row can be
+        both a source and a destination."""
+        changed = np.flatnonzero(source_rows != np.arange(len(source_rows)))
+        if changed.size == 0:
             return
-        n = self.length
-        self.keys_t[..., :n] = self.keys_t[:, source_rows, ..., :n]
-        self.values[:, :, :, :n] = self.values[:, source_rows, :, :n]
+        sources, n = source_rows[changed], self.length
+        self.keys_t[:, changed, ..., :n] = self.keys_t[:, sources, ..., :n]
+        self.values[:, changed, :, :n] = self.values[:, sources, :, :n]
+
+    def repeated(self, batch: int) -> KVCache:
+        """A cache of `batch` rows, each a copy of this one-row cache (beams that share a
+        prompt: it is run once, then every beam starts from its keys and values)."""
+        if self.values.shape[1] != 1:
+            raise ValueError("only a one-row cache can be repeated")
+        copy = KVCache.__new__(KVCache)
+        copy.keys_t = np.repeat(self.keys_t, batch, axis=1)
+        copy.values = np.repeat(self.values, batch, axis=1)
+        copy.length = self.length
+        return copy
 
 
 @dataclass
