@@ -5,6 +5,8 @@
   says why); `pack_panels` makes that layout from a (K, N) matrix.
 - `cross_attention`: the decoder's attention to the audio window, read once for all query
   rows (`mojo_kernels/cross_attention.mojo`).
+- `self_attention`: the decoder's attention over the filled slots of its preallocated cache
+  and over the new tokens (`mojo_kernels/self_attention.mojo`).
 
 The Mojo package is compiled once per source version into the compiled-model cache, so a warm
 start does not pay the Mojo compiler; MAX's own `custom_extensions` would rebuild a source
@@ -26,6 +28,7 @@ from .settings import cache_dir
 KERNEL_SOURCES = Path(__file__).resolve().parent / "mojo_kernels"
 LINEAR_F16 = "maxwhisper_linear_f16"
 CROSS_ATTENTION = "maxwhisper_cross_attention"
+SELF_ATTENTION = "maxwhisper_self_attention"
 PANEL = 64  # output columns per packed panel (linear_f16.mojo's PANEL)
 
 
@@ -108,3 +111,16 @@ def cross_attention(q: TensorValue, keys_t: TensorValue, values: TensorValue
                  TensorType(DType.float32, [heads, rows, positions], device=q.device)]
     out, weights = ops.custom(CROSS_ATTENTION, q.device, [q, keys_t, values], out_types)
     return out.tensor, weights.tensor
+
+
+def self_attention(q: TensorValue, keys_t: TensorValue, values: TensorValue,
+                   new_keys_t: TensorValue, new_values: TensorValue, filled: TensorValue
+                   ) -> TensorValue:
+    """S new tokens' attention over the P = filled[0] cached ones and, causally, over
+    themselves (CPU kernel, float32). q (B*S, H, 64); cache keys_t (B, H, 64, T), values
+    (B, H, T, 64); the new tokens' keys_t (B, H, 64, S) and values (B, H, S, 64) ->
+    out (B*S, H, 64)."""
+    out_type = TensorType(DType.float32, q.shape, device=q.device)
+    (out,) = ops.custom(SELF_ATTENTION, q.device,
+                        [q, keys_t, values, new_keys_t, new_values, filled], [out_type])
+    return out.tensor

@@ -52,7 +52,8 @@ class Params:
     dtype: DType = DType.float32
     # which of maxwhisper's Mojo kernels (`custom_ops.KERNELS`) the decoder graph uses:
     # "vocab" the output projection and "linear" the layers' projections over float16 weights,
-    # "cross_attention" the attention to the audio window (CPU, float32 graph)
+    # "cross_attention" the attention to the audio window, "self_attention" the attention over
+    # the filled cache slots (CPU, float32 graph)
     kernels: frozenset[str] = frozenset()
     # the encoder's stem and first `float64_blocks` blocks compute in float64 (see `encoder`)
     float64_blocks: int = 0
@@ -353,19 +354,28 @@ def kernel_cross_attention(q: TensorValue, k_t: TensorValue, v: TensorValue, n_h
 
 def decoder_block(x: TensorValue, p: Params, i: int, n_head: int, keys_t: TensorValue,
                   values: TensorValue, cross_k_t: TensorValue, cross_v: TensorValue,
-                  masks: tuple[TensorValue, TensorValue]) -> tuple[TensorValue, ...]:
-    """One decoder layer on S new tokens; keys_t (B,H,hd,T) / values (B,H,T,hd) its cache.
+                  masks: tuple[TensorValue, TensorValue], offset: TensorValue
+                  ) -> tuple[TensorValue, ...]:
+    """One decoder layer on S new tokens; keys_t (B,H,hd,T) / values (B,H,T,hd) its cache,
+    of which the first P = offset[0] slots are filled (`masks` hide the rest from MAX's ops).
 
     Returns x, the new keys (B, H, hd, S) and values (B, H, S, hd) for the cache, and the
     cross-attention weights (B, H, S, A).
     """
     name = f"decoder.blocks.{i}"
     q, k, v = qkv(p.layer_norm(x, f"{name}.attn_ln"), p, f"{name}.attn")  # (B, S, d) each
-    q, v = split_heads(q, n_head), split_heads(v, n_head)
+    v = split_heads(v, n_head)
     batch, length, d = k.shape
-    k_t = ops.permute(ops.reshape(k, [batch, length, n_head, int(d) // n_head]), [0, 2, 3, 1])
-    attended = cached_self_attention(q, k_t, v, keys_t, values, *masks)
-    x = x + p.linear(merge_heads(attended), f"{name}.attn.out")
+    hd = int(d) // n_head
+    k_t = ops.permute(ops.reshape(k, [batch, length, n_head, hd]), [0, 2, 3, 1])
+    if "self_attention" in p.kernels:  # the filled slots only, q unsplit (no copy)
+        rows = ops.reshape(q, [-1, n_head, hd])
+        attended = ops.reshape(custom_ops.self_attention(rows, keys_t, values, k_t, v, offset),
+                               [batch, length, d])
+    else:
+        attended = merge_heads(cached_self_attention(split_heads(q, n_head), k_t, v, keys_t,
+                                                     values, *masks))
+    x = x + p.linear(attended, f"{name}.attn.out")
 
     h = p.layer_norm(x, f"{name}.cross_attn_ln")
     q = p.linear(h, f"{name}.cross_attn.query")
@@ -409,7 +419,7 @@ def decoder_step(tokens: TensorValue, offset: TensorValue, keys_t: TensorValue,
     new_k, new_v, cross_weights = [], [], []
     for i in range(dims.n_text_layer):
         x, k, v, weights = decoder_block(x, p, i, dims.n_text_head, keys_t[i], values[i],
-                                         cross_k_t[i], cross_v[i], masks)
+                                         cross_k_t[i], cross_v[i], masks, offset)
         new_k.append(k)
         new_v.append(v)
         cross_weights.append(weights)

@@ -71,12 +71,14 @@ def default_kernels(weights: WhisperWeights, device: str, dtype: str) -> frozens
     if device != "cpu" or dtype != "float32":
         return frozenset()
     tensors = weights.tensors
+    head_width = weights.dims.n_text_state // weights.dims.n_text_head  # the kernels' 64
     applies = {
         "vocab": custom_ops.fits_float16(tensors["decoder.token_embedding.weight"]),
         "linear": all(custom_ops.fits_float16(array) for name, array in tensors.items()
                       if name.startswith("decoder.blocks.") and name.endswith(".weight")
                       and array.ndim == 2),
-        "cross_attention": weights.dims.n_text_state // weights.dims.n_text_head == 64,
+        "cross_attention": head_width == 64,
+        "self_attention": head_width == 64,
     }
     return frozenset(name for name, ok in applies.items() if ok and kernel_allowed(name))
 

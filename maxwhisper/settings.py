@@ -41,14 +41,16 @@ def build_dir() -> Path:
 KERNEL_SWITCHES = {
     "vocab": "MAXWHISPER_VOCAB_KERNEL",  # the decoder's output projection
     "linear": "MAXWHISPER_LINEAR_KERNEL",  # the decoder layers' projections
-    "cross_attention": "MAXWHISPER_ATTENTION_KERNEL",  # the decoder's attention to the audio
+    "cross_attention": "MAXWHISPER_CROSS_ATTENTION_KERNEL",  # the attention to the audio
+    "self_attention": "MAXWHISPER_SELF_ATTENTION_KERNEL",  # the attention over the cache
 }
 
 
 def kernel_allowed(kernel: str) -> bool:
     """Each of maxwhisper's Mojo kernels can be turned off for A/B runs: `MAXWHISPER_VOCAB_KERNEL=0`
-    (the output projection), `MAXWHISPER_LINEAR_KERNEL=0` (the layers' projections) and
-    `MAXWHISPER_ATTENTION_KERNEL=0` (the cross-attention) fall back to MAX's own ops."""
+    (the output projection), `MAXWHISPER_LINEAR_KERNEL=0` (the layers' projections),
+    `MAXWHISPER_CROSS_ATTENTION_KERNEL=0` and `MAXWHISPER_SELF_ATTENTION_KERNEL=0` (the two
+    attentions) fall back to MAX's own ops."""
     return os.environ.get(KERNEL_SWITCHES[kernel], "1") != "0"
 
 

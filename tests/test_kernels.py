@@ -96,4 +96,44 @@ def test_fits_float16():
 def test_released_weights_use_every_kernel_on_cpu():
     model = max_model("tiny.en")
     assert model.device == "cpu"
-    assert model.kernels == {"vocab", "linear", "cross_attention"}
+    assert model.kernels == {"vocab", "linear", "cross_attention", "self_attention"}
+
+
+@pytest.fixture(scope="module")
+def self_attention_piece():
+    def body(q, keys_t, values, new_keys_t, new_values, filled, _params):
+        return custom_ops.self_attention(q, keys_t, values, new_keys_t, new_values, filled)
+
+    types = [(DType.float32, ["rows", "heads", 64]),
+             (DType.float32, ["batch", "heads", 64, "slots"]),
+             (DType.float32, ["batch", "heads", "slots", 64]),
+             (DType.float32, ["batch", "heads", 64, "new"]),
+             (DType.float32, ["batch", "heads", "new", 64]), (DType.int64, [1])]
+    return compile_piece("self_attention_test", types, body, load_weights("tiny.en"), "cpu",
+                         kernels=True)
+
+
+@pytest.mark.parametrize("batch,heads,filled,new", [(1, 6, 0, 3), (1, 6, 37, 1), (5, 8, 130, 1),
+                                                    (2, 2, 0, 150), (1, 1, 448, 1)])
+def test_self_attention_over_the_filled_cache(self_attention_piece, batch, heads, filled, new):
+    """Only the first `filled` slots of a 448-slot cache count (the rest hold garbage), and
+    each new token sees the new tokens up to itself."""
+    rng = np.random.default_rng(filled + new)
+    slots = 448
+    q = rng.standard_normal((batch * new, heads, 64)).astype(np.float32)
+    keys_t = rng.standard_normal((batch, heads, 64, slots)).astype(np.float32) * 3
+    values = rng.standard_normal((batch, heads, slots, 64)).astype(np.float32) * 3
+    new_keys_t = rng.standard_normal((batch, heads, 64, new)).astype(np.float32)
+    new_values = rng.standard_normal((batch, heads, new, 64)).astype(np.float32)
+    (out,) = self_attention_piece(q, keys_t, values, new_keys_t, new_values,
+                                  np.array([filled], np.int64))
+    keys = np.concatenate([keys_t[..., :filled], new_keys_t], axis=-1).astype(np.float64)
+    vals = np.concatenate([values[:, :, :filled], new_values], axis=2).astype(np.float64)
+    rows = q.reshape(batch, new, heads, 64).transpose(0, 2, 1, 3).astype(np.float64)
+    scores = rows @ keys / 8.0  # (B, H, S, P + S)
+    causal = np.arange(new)[None, :] > np.arange(new)[:, None]
+    scores[..., filled:][..., causal] = -np.inf
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    expected = (weights @ vals).transpose(0, 2, 1, 3).reshape(batch * new, heads, 64)
+    assert out.shape == q.shape and np.abs(out - expected).max() < 1e-5

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from maxwhisper.runtime import cache_key, default_float64_blocks, default_kernels
-from maxwhisper.settings import encoder_float64_blocks
+from maxwhisper.settings import KERNEL_SWITCHES, encoder_float64_blocks
 
 
 def test_float64_blocks_setting(monkeypatch, tiny_weights, base_weights):
@@ -37,10 +37,9 @@ def test_numeric_options_are_part_of_the_cache_key(tiny_weights):
 
 def test_kernels_apply_to_released_weights_on_the_cpu_in_float32(monkeypatch, tiny_weights,
                                                                     base_weights):
-    for name in ("MAXWHISPER_VOCAB_KERNEL", "MAXWHISPER_LINEAR_KERNEL",
-                 "MAXWHISPER_ATTENTION_KERNEL"):
+    for name in KERNEL_SWITCHES.values():
         monkeypatch.delenv(name, raising=False)
-    every = {"vocab", "linear", "cross_attention"}
+    every = {"vocab", "linear", "cross_attention", "self_attention"}
     assert default_kernels(tiny_weights, "cpu", "float32") == every
     assert default_kernels(base_weights, "cpu", "float32") == every
     assert default_kernels(tiny_weights, "gpu", "float32") == frozenset()

@@ -1,0 +1,214 @@
+"""The accelerator check: MAX-Whisper against openai-whisper on one device, one JSON file.
+
+    python tools/gpu_check.py --device gpu --out "$OUT"          # on a lent GPU machine
+    python tools/gpu_check.py --device cpu --out build/gpu-check  # the rehearsal here
+
+On the device it: loads tiny.en with `device=...`, transcribes the short clips and compares
+every token with openai-whisper on the same device (float32); then times the long-form clip,
+greedy and beam 5, for MAX (float32 and float16) and openai-whisper (float32 and fp16). Each
+engine and dtype runs in a process of its own (torch and MAX never share one). Written:
+`OUT/gpu-results.json` with the device name, versions, per-engine wall times, encoder ms per
+window, decoder ms per step, and whether the tokens are identical. float16 on a CPU is skipped
+(MAX's CPU half precision is ~100x slower and torch's CPU fp16 transcribe is unsupported).
+`tools/gpu_stage.sh` puts what the device image lacks (the `max` wheels, openai-whisper, the
+weights and clips) into `.gpu/` to be carried there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+SHORT_CLIPS = ("jfk.wav", "1089-134686-0000.flac", "LJ001-0001.wav", "1221-135766-0002.wav")
+LONGFORM = "ljspeech_longform_229s.flac"
+
+
+def device_name(device: str) -> str:
+    if device != "cpu":
+        try:
+            import torch
+
+            return torch.cuda.get_device_name(0)
+        except Exception as exc:  # noqa: BLE001 - reported, not fatal
+            return f"unknown accelerator ({exc})"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for package in ("max", "torch", "openai-whisper", "numpy"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Workers: one engine and dtype each
+# ------------------------------------------------------------------------------------------
+
+
+def _max_worker(spec: dict) -> dict:
+    from maxwhisper import load_audio, load_model
+
+    start = time.perf_counter()
+    model = load_model(spec["model"], device=spec["device"], dtype=spec["dtype"], verbose=True)
+    result = {"load_s": time.perf_counter() - start, "device": model.device,
+              "kernels": sorted(model.kernels), "clips": {}, "longform": {}}
+
+    def run(audio, **options):
+        model.stats.reset()
+        start = time.perf_counter()
+        out = model.transcribe(audio, temperature=0.0, **options)
+        seconds, stats = time.perf_counter() - start, model.stats
+        return out, {"wall_s": seconds,
+                     "encoder_ms_per_window": 1000 * stats.encode_s / max(stats.windows, 1),
+                     "decoder_ms_per_step": 1000 * stats.decode_s / max(stats.decode_steps, 1),
+                     "prefill_ms": 1000 * stats.prefill_s / max(stats.prefills, 1)}
+
+    return _common_worker(spec, result, load_audio, run)
+
+
+def _openai_worker(spec: dict) -> dict:
+    import torch
+
+    from maxwhisper import load_audio
+    from maxwhisper.baselines import torch_whisper
+    from maxwhisper.weights import load_weights
+
+    cuda = spec["device"] != "cpu"
+    start = time.perf_counter()
+    model = torch_whisper(load_weights(spec["model"]))
+    model = model.to("cuda" if cuda else "cpu")
+    if spec["dtype"] == "float16":
+        model = model.half()
+    result = {"load_s": time.perf_counter() - start, "device": "cuda" if cuda else "cpu",
+              "clips": {}, "longform": {}}
+
+    def run(audio, beam_size=None, **options):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = model.transcribe(audio, temperature=0.0, beam_size=beam_size,
+                                   fp16=spec["dtype"] == "float16", verbose=None)
+        if cuda:
+            torch.cuda.synchronize()
+        return out, {"wall_s": time.perf_counter() - start}
+
+    return _common_worker(spec, result, load_audio, run)
+
+
+def _common_worker(spec: dict, result: dict, load_audio, run) -> dict:
+    """The same work for every engine: tokens of each short clip, then the timed long-form."""
+    speech = Path(spec["speech_dir"])
+    for name in spec["clips"]:
+        out, timing = run(load_audio(speech / name))
+        result["clips"][name] = {"text": out["text"], **timing,
+                                 "tokens": [t for s in out["segments"] for t in s["tokens"]]}
+    longform = load_audio(speech / spec["longform"])
+    run(longform[: 5 * 16000])  # warm-up: first-call costs out of the timings
+    for beam in spec["beams"]:
+        out, timing = run(longform, beam_size=beam if beam > 1 else None)
+        result["longform"][f"beam{beam}"] = {
+            **timing, "audio_s": len(longform) / 16000, "text": out["text"],
+            "tokens": [t for s in out["segments"] for t in s["tokens"]]}
+    return result
+
+
+WORKERS = {"max": _max_worker, "openai": _openai_worker}
+
+
+# ------------------------------------------------------------------------------------------
+# Parent: run every engine and dtype, compare, write the JSON
+# ------------------------------------------------------------------------------------------
+
+
+def run_worker(spec: dict, timeout_s: float) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
+                          capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
+                else f"exit {proc.returncode}", "stderr_tail": proc.stderr[-3000:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def compare(ours: dict, theirs: dict) -> dict:
+    """Token equality clip by clip (and on the long-form runs both have)."""
+    if "error" in ours or "error" in theirs:
+        return {"compared": False}
+    clips = {name: ours["clips"][name]["tokens"] == theirs["clips"][name]["tokens"]
+             for name in ours["clips"] if name in theirs["clips"]}
+    longform = {key: ours["longform"][key]["tokens"] == theirs["longform"][key]["tokens"]
+                for key in ours["longform"] if key in theirs["longform"]}
+    return {"compared": True, "clips": clips, "longform": longform,
+            "all_identical": all(clips.values()) and all(longform.values())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="gpu", choices=["gpu", "cpu"])
+    parser.add_argument("--out", default=os.environ.get("OUT", str(REPO / "build" / "gpu-check")))
+    parser.add_argument("--model", default="tiny.en")
+    parser.add_argument("--speech-dir", default=os.environ.get(
+        "MAXWHISPER_SPEECH_DIR", str(REPO.parent / "shared" / "speech")))
+    parser.add_argument("--clips", default=",".join(SHORT_CLIPS))
+    parser.add_argument("--longform", default=LONGFORM)
+    parser.add_argument("--beams", default="1,5")
+    parser.add_argument("--dtypes", default=None,
+                        help="default: float32,float16 on a GPU, float32 on the CPU")
+    parser.add_argument("--timeout", type=float, default=240, help="seconds per worker")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        spec = json.loads(args.worker)
+        print(json.dumps(WORKERS[spec["engine"]](spec)))
+        return 0
+
+    dtypes = (args.dtypes or ("float32" if args.device == "cpu" else "float32,float16")).split(",")
+    base = {"model": args.model, "device": args.device, "speech_dir": args.speech_dir,
+            "clips": [c for c in args.clips.split(",") if c], "longform": args.longform,
+            "beams": [int(b) for b in args.beams.split(",")]}
+    report = {"device": args.device, "device_name": device_name(args.device),
+              "versions": versions(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "model": args.model, "runs": {}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for engine in ("max", "openai"):
+        for dtype in dtypes:
+            key = f"{engine}-{dtype}"
+            print(f"gpu_check: {key} ...", file=sys.stderr, flush=True)
+            report["runs"][key] = run_worker({**base, "engine": engine, "dtype": dtype},
+                                             args.timeout)
+            (out / "gpu-results.json").write_text(json.dumps(report, indent=2))  # keep progress
+    report["max_float32_vs_openai_float32"] = compare(report["runs"].get("max-float32", {}),
+                                                      report["runs"].get("openai-float32", {}))
+    (out / "gpu-results.json").write_text(json.dumps(report, indent=2))
+    for key, run in report["runs"].items():
+        if "error" in run:
+            print(f"{key}: FAILED: {run['error']}")
+            continue
+        times = ", ".join(f"{beam} {r['wall_s']:.2f} s" for beam, r in run["longform"].items())
+        print(f"{key}: long-form {times}")
+    print("tokens identical (max vs openai, float32):",
+          report["max_float32_vs_openai_float32"].get("all_identical"))
+    print(f"wrote {out / 'gpu-results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
