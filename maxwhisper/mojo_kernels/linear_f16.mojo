@@ -25,6 +25,7 @@ from std.sys.info import num_physical_cores
 
 
 comptime PANEL = 64  # output columns per panel: 4 AVX-512 vectors of float32
+comptime SERIAL_BYTES = 2 * 1024 * 1024  # work below this runs on one core (see run_linear)
 
 
 @extensibility.register("maxwhisper_linear_f16")
@@ -87,7 +88,10 @@ def run_linear[gelu: Bool](
     var wp = weight.unsafe_ptr()
     var bp = bias.unsafe_ptr()
     var out = y.unsafe_ptr()
-    var workers = min(num_physical_cores(), panels)
+    # A small product (a decoding step's layer projection: under a megabyte of weights, a
+    # few tens of microseconds) costs less on one core than waking the others to share it.
+    var work_bytes = panels * k_dim * PANEL * 2 + rows * k_dim * panels * PANEL // 8
+    var workers = min(num_physical_cores(), panels) if work_bytes > SERIAL_BYTES else 1
 
     @always_inline
     def block[rb: Int](r: Int, panel_index: Int) {imm}:

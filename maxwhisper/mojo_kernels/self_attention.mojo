@@ -58,7 +58,9 @@ struct SelfAttention:
         var op = attended.unsafe_ptr()
         var scale = Float32(1.0) / sqrt(Float32(HD))
         var pairs = batch * heads
-        var workers = min(num_physical_cores(), pairs)
+        # a step's few hundred cached slots are too little work to share between cores
+        var slot_bytes = pairs * (past + new) * HD * 8 * new
+        var workers = min(num_physical_cores(), pairs) if slot_bytes > 4 * 1024 * 1024 else 1
 
         def work(worker: Int) {imm}:
             var scores = Array[Float32, MAX_SLOTS](fill=0)
