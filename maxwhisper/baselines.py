@@ -18,7 +18,13 @@ import whisper
 from faster_whisper import WhisperModel
 
 from .audio import SAMPLE_RATE
-from .results import TranscribeOptions, Transcription, from_whisper_result, segment_dict
+from .results import (
+    TranscribeOptions,
+    Transcription,
+    from_whisper_result,
+    segment_dict,
+    word_dict,
+)
 from .weights import DEFAULT_MODEL, WhisperWeights, ctranslate2_dir, load_weights
 
 
@@ -29,6 +35,10 @@ def torch_whisper(weights: WhisperWeights) -> whisper.model.Whisper:
     model = whisper.model.Whisper(dims)
     state = {name: torch.from_numpy(weights.float32(name)) for name in weights.tensors}
     model.load_state_dict(state, strict=True)
+    if len(weights.alignment_heads):  # the checkpoint's heads, as the MAX engine uses them
+        mask = torch.zeros(dims.n_text_layer, dims.n_text_head, dtype=torch.bool)
+        mask[weights.alignment_heads[:, 0], weights.alignment_heads[:, 1]] = True
+        model.register_buffer("alignment_heads", mask.to_sparse(), persistent=False)
     return model.eval()
 
 
@@ -49,7 +59,8 @@ class OpenAIWhisperEngine:
                 audio, fp16=False, temperature=options.temperature, beam_size=options.beams,
                 language=options.language, without_timestamps=options.without_timestamps,
                 condition_on_previous_text=options.condition_on_previous_text,
-                initial_prompt=options.initial_prompt, verbose=None if not progress else False)
+                initial_prompt=options.initial_prompt, word_timestamps=options.word_timestamps,
+                verbose=None if not progress else False)
         return from_whisper_result(result, self.name, self.model_name, options, len(audio),
                                    self.load_seconds, time.perf_counter() - start)
 
@@ -73,9 +84,13 @@ class FasterWhisperEngine:
             temperature=list(temperature) if isinstance(temperature, (tuple, list)) else [temperature],
             language=options.language, without_timestamps=options.without_timestamps,
             condition_on_previous_text=options.condition_on_previous_text,
-            initial_prompt=options.initial_prompt, vad_filter=False)
+            initial_prompt=options.initial_prompt, word_timestamps=options.word_timestamps,
+            vad_filter=False)
         segments = [segment_dict(s.start, s.end, s.text, s.tokens, avg_logprob=s.avg_logprob,
-                                 no_speech_prob=s.no_speech_prob) for s in segments_iter]
+                                 no_speech_prob=s.no_speech_prob,
+                                 **({"words": [word_dict(w.word, w.start, w.end, w.probability)
+                                               for w in s.words]} if s.words is not None else {}))
+                    for s in segments_iter]
         seconds = time.perf_counter() - start
         return Transcription("".join(s["text"] for s in segments), segments, info.language,
                              self.name, self.model_name, options.beam_size or 1,

@@ -43,7 +43,8 @@ class MaxEngine:
                             beam_size=options.beams, language=options.language,
                             without_timestamps=options.without_timestamps,
                             condition_on_previous_text=options.condition_on_previous_text,
-                            initial_prompt=options.initial_prompt, progress=progress)
+                            initial_prompt=options.initial_prompt,
+                            word_timestamps=options.word_timestamps, progress=progress)
         return from_whisper_result(result, self.name, self.model_name, options, len(audio),
                                    self.load_seconds, time.perf_counter() - start)
 

@@ -21,6 +21,7 @@ class TranscribeOptions:
     without_timestamps: bool = False
     condition_on_previous_text: bool = True
     initial_prompt: str | None = None
+    word_timestamps: bool = False  # segments gain `words`: {word, start, end, probability}
 
     @property
     def beams(self) -> int | None:
@@ -51,12 +52,19 @@ def segment_dict(start: float, end: float, text: str, tokens, **extra) -> dict:
             "tokens": [int(t) for t in tokens], **extra}
 
 
+def word_dict(word: str, start: float, end: float, probability: float) -> dict:
+    return {"word": word, "start": float(start), "end": float(end),
+            "probability": float(probability)}
+
+
 def from_whisper_result(result: dict, engine: str, model: str, options: TranscribeOptions,
                         samples: int, load_s: float, transcribe_s: float) -> Transcription:
     """A `Transcription` from the {"text", "segments", "language"} dict whisper.transcribe
     returns (our MAX transcribe returns the same shape)."""
     segments = [segment_dict(s["start"], s["end"], s["text"], s["tokens"],
-                             avg_logprob=s["avg_logprob"], no_speech_prob=s["no_speech_prob"])
+                             avg_logprob=s["avg_logprob"], no_speech_prob=s["no_speech_prob"],
+                             **({"words": [word_dict(**w) for w in s["words"]]}
+                                if "words" in s else {}))
                 for s in result["segments"]]
     return Transcription(result["text"], segments, result["language"], engine, model,
                          options.beam_size or 1, samples / SAMPLE_RATE,

@@ -152,9 +152,15 @@ class RunStats:
         self.__init__()
 
 
-def execute(model, device, *arrays: np.ndarray) -> list[np.ndarray]:
-    """Run a loaded MAX model on numpy inputs (moved to `device`), outputs back as numpy."""
-    inputs = [Buffer.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays]
+def to_device(array: np.ndarray, device) -> Buffer:
+    """A numpy array as a MAX buffer on `device` (no copy on the CPU: the buffer shares it)."""
+    return Buffer.from_numpy(np.ascontiguousarray(array)).to(device)
+
+
+def execute(model, device, *arrays: np.ndarray | Buffer) -> list[np.ndarray]:
+    """Run a loaded MAX model on numpy inputs (moved to `device`) or buffers already there;
+    outputs back as numpy."""
+    inputs = [a if isinstance(a, Buffer) else to_device(a, device) for a in arrays]
     return [out.to(CPU()).to_numpy() for out in model.execute(*inputs)]
 
 
@@ -251,6 +257,20 @@ class AudioFeatures:
     audio: np.ndarray  # (B, A, d)
     cross_keys: np.ndarray  # (L, B, H, hd, A)
     cross_values: np.ndarray  # (L, B, H, A, hd)
+    # one window's cross K/V as buffers on the decoder's device, made on first use: every
+    # decoding step reads them, so on an accelerator they cross to it once per window, not
+    # once per step (on the CPU the buffers share the arrays' memory)
+    _on_device: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def cross_on(self, device) -> tuple[Buffer, Buffer]:
+        """This window's cross keys (L, H, hd, A) and values (L, H, A, hd) on `device`."""
+        if self.cross_keys.shape[1] != 1:
+            raise ValueError("the decoder takes one window's features; use features.window(i)")
+        key = str(device)
+        if key not in self._on_device:
+            self._on_device[key] = (to_device(self.cross_keys[:, 0], device),
+                                    to_device(self.cross_values[:, 0], device))
+        return self._on_device[key]
 
     def window(self, index: int) -> AudioFeatures:
         """The features of one window (batch of one), as the decoder takes them."""
@@ -353,11 +373,8 @@ class MaxWhisperModel:
             return np.arange(length, dtype=np.int64)
         return np.array([p % length for p in positions], dtype=np.int64)
 
-    @staticmethod
-    def _cross(features: AudioFeatures) -> tuple[np.ndarray, np.ndarray]:
-        if features.cross_keys.shape[1] != 1:
-            raise ValueError("the decoder takes one window's features; use features.window(i)")
-        return features.cross_keys[:, 0], features.cross_values[:, 0]
+    def _cross(self, features: AudioFeatures) -> tuple[Buffer, Buffer]:
+        return features.cross_on(self.driver_device)
 
     def decoder_bytes_per_step(self, batch: int = 1) -> int:
         """The bytes one decoding step of `batch` rows reads: every decoder weight in the
@@ -374,6 +391,36 @@ class MaxWhisperModel:
 
     def new_cache(self, batch: int) -> KVCache:
         return KVCache(self.dims, batch)
+
+    @property
+    def alignment_heads(self) -> np.ndarray:
+        """(layer, head) pairs of the decoder whose cross-attention follows the speech: the
+        checkpoint's, or (as openai-whisper) every head of the upper half of the layers."""
+        if getattr(self, "_alignment_heads", None) is not None:
+            return self._alignment_heads
+        if len(self.weights.alignment_heads):
+            return self.weights.alignment_heads
+        layers, heads = self.dims.n_text_layer, self.dims.n_text_head
+        return np.array([(layer, head) for layer in range(layers // 2, layers)
+                         for head in range(heads)], dtype=np.int64)
+
+    def set_alignment_heads(self, heads) -> None:
+        """Use other alignment heads: (layer, head) pairs, or openai-whisper's encoding (the
+        base85 bytes of a gzipped (layers, heads) boolean mask, as in its `_ALIGNMENT_HEADS`)."""
+        if isinstance(heads, (bytes, str)):
+            import base64
+            import gzip
+
+            raw = heads.encode() if isinstance(heads, str) else heads
+            mask = np.frombuffer(gzip.decompress(base64.b85decode(raw)), dtype=bool).reshape(
+                self.dims.n_text_layer, self.dims.n_text_head)
+            heads = np.argwhere(mask)
+        heads = np.asarray(heads, dtype=np.int64).reshape(-1, 2)
+        if len(heads) == 0 or (heads[:, 0] >= self.dims.n_text_layer).any() \
+                or (heads[:, 1] >= self.dims.n_text_head).any() or (heads < 0).any():
+            raise ValueError(f"alignment heads must be (layer, head) pairs within "
+                             f"{self.dims.n_text_layer} layers x {self.dims.n_text_head} heads")
+        self._alignment_heads = heads
 
     @property
     def is_multilingual(self) -> bool:

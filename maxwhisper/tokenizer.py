@@ -10,6 +10,7 @@ timestamp tokens <|0.00|> ... <|30.00|> in 20 ms steps. Ids equal openai-whisper
 from __future__ import annotations
 
 import base64
+import string
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -181,6 +182,45 @@ class Tokenizer:
                 if len(ids) == 1 or symbol in music:
                     found.add(ids[0])
         return tuple(sorted(found))
+
+    def split_to_word_tokens(self, tokens: list[int]) -> tuple[list[str], list[list[int]]]:
+        """Words and their tokens: at spaces and punctuation, or at every whole character
+        for languages written without spaces (as openai-whisper splits them)."""
+        if self.language in {"zh", "ja", "th", "lo", "my", "yue"}:
+            return self.split_tokens_on_unicode(tokens)
+        return self.split_tokens_on_spaces(tokens)
+
+    def split_tokens_on_unicode(self, tokens: list[int]) -> tuple[list[str], list[list[int]]]:
+        """Pieces that decode to whole characters (a token may hold part of one)."""
+        decoded_full = self.decode_with_timestamps(tokens)
+        replacement = "\ufffd"
+        words, word_tokens, current, offset = [], [], [], 0
+        for token in tokens:
+            current.append(token)
+            decoded = self.decode_with_timestamps(current)
+            if (replacement not in decoded
+                    or decoded_full[offset + decoded.index(replacement)] == replacement):
+                words.append(decoded)
+                word_tokens.append(current)
+                current = []
+                offset += len(decoded)
+        return words, word_tokens
+
+    def split_tokens_on_spaces(self, tokens: list[int]) -> tuple[list[str], list[list[int]]]:
+        """Whole characters joined into words: a new word at a space, a punctuation mark or a
+        special token."""
+        words: list[str] = []
+        word_tokens: list[list[int]] = []
+        for subword, subword_tokens in zip(*self.split_tokens_on_unicode(tokens), strict=True):
+            special = subword_tokens[0] >= self.eot
+            if special or subword.startswith(" ") or subword.strip() in string.punctuation \
+                    or not words:
+                words.append(subword)
+                word_tokens.append(subword_tokens)
+            else:
+                words[-1] += subword
+                word_tokens[-1].extend(subword_tokens)
+        return words, word_tokens
 
 
 def get_tokenizer(multilingual: bool, *, num_languages: int = NUM_LANGUAGES,

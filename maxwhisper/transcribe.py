@@ -10,7 +10,8 @@ needed a temperature above 0.5. Word-level timestamps are not implemented.
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +28,19 @@ from .audio import (
 )
 from .decoding import DecodingOptions, DecodingResult, decode, detect_language
 from .errors import AudioError
+from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, add_word_timestamps
 from .tokenizer import LANGUAGES, get_tokenizer
+
+# what openai-whisper leaves out when it scores words for hallucinations
+PUNCTUATION = "\"'“¿([{-\"'.。,，!！?？:：”)]}、"
 
 
 def _fallback_decode(model, mel_window: np.ndarray, options: DecodingOptions,
                      temperatures: tuple[float, ...], compression_ratio_threshold: float | None,
                      logprob_threshold: float | None,
-                     no_speech_threshold: float | None) -> DecodingResult:
+                     no_speech_threshold: float | None) -> tuple[DecodingResult, object]:
+    """Decode one window, falling back to higher temperatures; returns the result and the
+    window's encoder features (the word aligner reuses them)."""
     features = model.encode(mel_window[None])
     result = None
     for t in temperatures:
@@ -52,7 +59,7 @@ def _fallback_decode(model, mel_window: np.ndarray, options: DecodingOptions,
             needs_fallback = False  # silence: no point sampling harder
         if not needs_fallback:
             break
-    return result
+    return result, features
 
 
 def transcribe(
@@ -66,6 +73,10 @@ def transcribe(
     no_speech_threshold: float | None = 0.6,
     condition_on_previous_text: bool = True,
     initial_prompt: str | None = None,
+    word_timestamps: bool = False,
+    prepend_punctuations: str = PREPEND_PUNCTUATIONS,
+    append_punctuations: str = APPEND_PUNCTUATIONS,
+    hallucination_silence_threshold: float | None = None,
     progress: bool | None = None,
     **decode_options,
 ) -> dict:
@@ -74,6 +85,9 @@ def transcribe(
     Returns {"text", "segments", "language"} like `whisper.transcribe`; each segment has id,
     seek, start, end, text, tokens, temperature, avg_logprob, compression_ratio, no_speech_prob.
     `progress` shows a bar over the audio (default: when stderr is a terminal).
+    With `word_timestamps`, every segment also has `words` ({word, start, end, probability},
+    from the alignment graph and DTW, see `timing.py`), segment bounds follow the words, and
+    `hallucination_silence_threshold` (seconds) skips silence around likely hallucinations.
     """
     if isinstance(audio, (str, Path)):
         audio = load_audio(audio)
@@ -98,6 +112,8 @@ def transcribe(
     elif not dims.is_multilingual:
         language = "en"  # an English-only model has no language token to force
     options = replace(options, language=language)
+    if word_timestamps and options.task == "translate":
+        warnings.warn("Word-level timestamps on translations may not be reliable.", stacklevel=2)
     tokenizer = get_tokenizer(dims.is_multilingual, num_languages=dims.num_languages,
                               language=language, task=options.task)
     temperatures = (temperature,) if isinstance(temperature, (int, float)) else tuple(temperature)
@@ -116,7 +132,7 @@ def transcribe(
         progress = sys.stderr.isatty()
     from tqdm import tqdm
 
-    seek = 0
+    seek, last_speech_timestamp = 0, 0.0
     with tqdm(total=content_frames, unit="frames", disable=not progress) as bar:
         while seek < content_frames:
             time_offset = float(seek * HOP_LENGTH / SAMPLE_RATE)
@@ -124,9 +140,9 @@ def transcribe(
             mel_window = pad_or_trim(mel[:, seek : seek + segment_size], N_FRAMES)
             segment_duration = segment_size * HOP_LENGTH / SAMPLE_RATE
             window_options = replace(options, prompt=all_tokens[prompt_reset_since:])
-            result = _fallback_decode(model, mel_window, window_options, temperatures,
-                                      compression_ratio_threshold, logprob_threshold,
-                                      no_speech_threshold)
+            result, features = _fallback_decode(model, mel_window, window_options, temperatures,
+                                                compression_ratio_threshold, logprob_threshold,
+                                                no_speech_threshold)
             tokens = np.array(result.tokens, dtype=np.int64)
 
             if no_speech_threshold is not None:
@@ -143,6 +159,33 @@ def transcribe(
                 tokens, tokenizer, result, seek, segment_size, segment_duration, time_offset,
                 time_precision, input_stride)
 
+            if word_timestamps:
+                add_word_timestamps(
+                    segments=current_segments, model=model, tokenizer=tokenizer,
+                    features=features, num_frames=segment_size,
+                    alignment_heads=model.alignment_heads,
+                    prepend_punctuations=prepend_punctuations,
+                    append_punctuations=append_punctuations,
+                    last_speech_timestamp=last_speech_timestamp)
+                is_timestamp = tokens >= tokenizer.timestamp_begin
+                single_timestamp_ending = is_timestamp[-2:].tolist() == [False, True]
+                if not single_timestamp_ending:
+                    last_word_end = _last_word_end(current_segments)
+                    if last_word_end is not None and last_word_end > time_offset:
+                        seek = round(last_word_end * FRAMES_PER_SECOND)
+                if hallucination_silence_threshold is not None:
+                    window = Window(time_offset, segment_size, previous_seek,
+                                    content_frames, single_timestamp_ending)
+                    seek, skip = skip_hallucinated_silence(
+                        current_segments, seek, window, last_speech_timestamp,
+                        hallucination_silence_threshold)
+                    if skip:
+                        bar.update(min(content_frames, seek) - previous_seek)
+                        continue
+                last_word_end = _last_word_end(current_segments)
+                if last_word_end is not None:
+                    last_speech_timestamp = last_word_end
+
             if verbose:
                 for s in current_segments:
                     print(f"[{format_timestamp(s['start'])} --> {format_timestamp(s['end'])}] "
@@ -150,6 +193,8 @@ def transcribe(
             for segment in current_segments:
                 if segment["start"] == segment["end"] or segment["text"].strip() == "":
                     segment["text"], segment["tokens"] = "", []
+                    if word_timestamps:
+                        segment["words"] = []
             all_segments.extend({"id": i, **s} for i, s in
                                 enumerate(current_segments, start=len(all_segments)))
             all_tokens.extend(t for s in current_segments for t in s["tokens"])
@@ -159,6 +204,96 @@ def transcribe(
 
     return {"text": tokenizer.decode(all_tokens[len(initial_prompt_tokens):]),
             "segments": all_segments, "language": language}
+
+
+def _last_word_end(segments: list[dict]) -> float | None:
+    """The end of the last word (or of the last segment, if no segment has words)."""
+    return next((w["end"] for s in reversed(segments) for w in reversed(s["words"])),
+                segments[-1]["end"] if segments else None)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Where one 30-s window sits in the file (mel frames), for the hallucination checks."""
+
+    time_offset: float
+    segment_size: int
+    previous_seek: int
+    content_frames: int
+    single_timestamp_ending: bool
+
+    @property
+    def end_time(self) -> float:
+        return (self.previous_seek + N_FRAMES) * HOP_LENGTH / SAMPLE_RATE
+
+
+def _word_anomaly(word: dict) -> float:
+    """How implausible a word is: very improbable, very short or very long."""
+    probability, duration = word.get("probability", 0.0), word["end"] - word["start"]
+    score = 1.0 if probability < 0.15 else 0.0
+    if duration < 0.133:
+        score += (0.133 - duration) * 15
+    if duration > 2.0:
+        score += duration - 2.0
+    return score
+
+
+def _is_anomaly(segment: dict | None) -> bool:
+    if segment is None or not segment["words"]:
+        return False
+    words = [w for w in segment["words"] if w["word"] not in PUNCTUATION][:8]
+    score = sum(_word_anomaly(w) for w in words)
+    return score >= 3 or score + 0.01 >= len(words)
+
+
+def _next_with_words(segments: list[dict]) -> dict | None:
+    return next((s for s in segments if s["words"]), None)
+
+
+def skip_hallucinated_silence(segments: list[dict], seek: int, window: Window,
+                              last_speech_timestamp: float, threshold: float
+                              ) -> tuple[int, bool]:
+    """openai-whisper's `hallucination_silence_threshold`: around a run of implausible words
+    with silence on both sides, drop them and seek past the silence. May shorten `segments`;
+    returns the new seek and whether the whole window is to be dropped."""
+    frames_per_second = FRAMES_PER_SECOND
+    if not window.single_timestamp_ending:
+        last_word_end = _last_word_end(segments)
+        if last_word_end is not None and last_word_end > window.time_offset:
+            if window.end_time - last_word_end > threshold:
+                seek = round(last_word_end * frames_per_second)
+            else:
+                seek = window.previous_seek + window.segment_size
+
+    first = _next_with_words(segments)  # a leading hallucination: skip the silence before it
+    if first is not None and _is_anomaly(first):
+        gap = first["start"] - window.time_offset
+        if gap > threshold:
+            return window.previous_seek + round(gap * frames_per_second), True
+
+    last_end = last_speech_timestamp
+    segment_duration = window.segment_size * HOP_LENGTH / SAMPLE_RATE
+    content_duration = window.content_frames * HOP_LENGTH / SAMPLE_RATE
+    for index, segment in enumerate(segments):
+        if not segment["words"]:
+            continue
+        if _is_anomaly(segment):
+            following = _next_with_words(segments[index + 1:])
+            next_start = (following["words"][0]["start"] if following is not None
+                          else window.time_offset + segment_duration)
+            silence_before = (segment["start"] - last_end > threshold
+                              or segment["start"] < threshold
+                              or segment["start"] - window.time_offset < 2.0)
+            silence_after = (next_start - segment["end"] > threshold or _is_anomaly(following)
+                             or window.end_time - segment["end"] < 2.0)
+            if silence_before and silence_after:
+                seek = round(max(window.time_offset + 1, segment["start"]) * frames_per_second)
+                if content_duration - segment["end"] < threshold:
+                    seek = window.content_frames
+                del segments[index:]
+                break
+        last_end = segment["end"]
+    return seek, False
 
 
 def split_segments(tokens: np.ndarray, tokenizer, result: DecodingResult, seek: int,
