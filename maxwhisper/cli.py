@@ -29,6 +29,16 @@ def _add_transcribe(sub) -> None:
     p.add_argument("--device", default="auto", help="max engine: auto, cpu or gpu")
     p.add_argument("--dtype", default="float32", help="max engine: float32 or float16 (GPU)")
     p.add_argument("--compute-type", default="float32", help="faster engine: float32 or int8")
+    p.add_argument("--word-timestamps", action="store_true",
+                   help="word-level times (json words; srt/vtt cues from words)")
+    p.add_argument("--highlight-words", action="store_true",
+                   help="(with --word-timestamps) underline each word in srt/vtt as it is spoken")
+    p.add_argument("--max-line-width", type=int, default=None,
+                   help="(with --word-timestamps) characters a subtitle line at most")
+    p.add_argument("--max-line-count", type=int, default=None,
+                   help="(with --word-timestamps) lines a subtitle cue at most")
+    p.add_argument("--max-words-per-line", type=int, default=None,
+                   help="(with --word-timestamps, not with --max-line-width) words a line at most")
     p.add_argument("--output-format", default="txt", choices=["txt", "srt", "vtt", "json", "all"])
     p.add_argument("--output-dir", default=".", help="where the output files go")
 
@@ -43,7 +53,7 @@ def _add_extract(sub) -> None:
 def run_transcribe(args) -> int:
     from .audio import is_silent, load_audio
     from .engines import load_engine
-    from .outputs import write_outputs
+    from .outputs import SubtitleOptions, write_outputs
     from .results import TranscribeOptions
 
     audios = []
@@ -54,15 +64,22 @@ def run_transcribe(args) -> int:
         audios.append((Path(name), audio))
     if args.beam_size < 1:
         raise MaxWhisperError(f"--beam-size must be at least 1, got {args.beam_size}")
+    subtitles = SubtitleOptions(args.highlight_words, args.max_line_width, args.max_line_count,
+                                args.max_words_per_line)
+    if subtitles != SubtitleOptions() and not args.word_timestamps:
+        raise MaxWhisperError("--highlight-words and the --max-line/--max-words options need "
+                              "--word-timestamps")
     engine = load_engine(args.engine, args.model, device=args.device, dtype=args.dtype,
                          compute_type=args.compute_type)
     options = TranscribeOptions(
         beam_size=args.beam_size, language=args.language,
         temperature=TEMPERATURE_SCHEDULE if args.fallback else 0.0,
-        without_timestamps=args.without_timestamps, initial_prompt=args.initial_prompt)
+        without_timestamps=args.without_timestamps, initial_prompt=args.initial_prompt,
+        word_timestamps=args.word_timestamps)
     for path, audio in audios:
         result = engine.transcribe(audio, options)
-        written = write_outputs(result, path, Path(args.output_dir), args.output_format)
+        written = write_outputs(result, path, Path(args.output_dir), args.output_format,
+                                subtitles)
         print(result.text.strip())
         print(f"maxwhisper: {path.name}: {result.audio_seconds:.1f} s of audio in "
               f"{result.timings['transcribe_s']:.2f} s ({args.engine}); wrote "
