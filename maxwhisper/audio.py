@@ -7,6 +7,7 @@ as `librosa.filters.mel` does, which is how Whisper's bundled `mel_filters.npz` 
 
 from __future__ import annotations
 
+import io
 from functools import lru_cache
 from pathlib import Path
 
@@ -152,3 +153,12 @@ def log_mel_spectrogram(audio: np.ndarray | str | Path, n_mels: int = 80,
         log_spec[:, block] = np.log10(np.maximum(filters @ power.T, 1e-10))
     log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
     return ((log_spec + 4.0) / 4.0).astype(np.float32)
+
+
+def wav_bytes(samples: np.ndarray) -> bytes:
+    """16 kHz samples as the bytes of a WAV file (for players in notebooks and pages)."""
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, SAMPLE_RATE, format="WAV")
+    return buffer.getvalue()

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import difflib
 import html
-import io
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
-from .audio import SAMPLE_RATE, is_silent, load_audio
+from .audio import is_silent, load_audio, wav_bytes
 from .engines import ENGINES, MaxEngine
 from .errors import AudioError, MaxWhisperError
 from .results import TranscribeOptions, Transcription
 from .settings import REPO_ROOT
 from .speech import manifest, normalize, reference_for, word_error_rate
 from .transcribe import format_timestamp
+from .word_player import word_player
 
 _engines: dict[tuple[str, str], MaxEngine] = {}
 
@@ -35,7 +33,8 @@ def available_clips() -> dict[str, Path]:
 
 
 def transcribe_file(path: str | Path, model: str = "tiny.en", engine: str = "max",
-                    beam_size: int = 1, device: str = "auto") -> Transcription:
+                    beam_size: int = 1, device: str = "auto",
+                    word_timestamps: bool = False) -> Transcription:
     """Transcribe one file with one engine; MAX in-process, baselines in a worker process."""
     samples = load_audio(path)
     if is_silent(samples):
@@ -44,10 +43,12 @@ def transcribe_file(path: str | Path, model: str = "tiny.en", engine: str = "max
         key = (model, device)
         if key not in _engines:
             _engines[key] = MaxEngine(model, device=device)
-        return _engines[key].transcribe(samples, TranscribeOptions(beam_size=beam_size))
+        return _engines[key].transcribe(samples, TranscribeOptions(
+            beam_size=beam_size, word_timestamps=word_timestamps))
     from .compare import run_engine
 
-    record = run_engine(engine, [path], model, beam_size=beam_size)[0]
+    options = {"word_timestamps": True} if word_timestamps else {}
+    record = run_engine(engine, [path], model, beam_size=beam_size, **options)[0]
     record.pop("audio", None)
     record.pop("modules", None)
     return Transcription(**record)
@@ -92,14 +93,6 @@ def report_html(path: str | Path, result: Transcription,
     return "\n".join(out)
 
 
-def wav_bytes(samples: np.ndarray) -> bytes:
-    import soundfile
-
-    buffer = io.BytesIO()
-    soundfile.write(buffer, samples, SAMPLE_RATE, format="WAV")
-    return buffer.getvalue()
-
-
 def build_app(model: str = "tiny.en", engine: str = "max", beam_size: int = 1,
               device: str = "auto", compare: bool = True):
     """The ipywidgets app: clip (or upload), player, model, engine, beam, device, Transcribe."""
@@ -113,11 +106,13 @@ def build_app(model: str = "tiny.en", engine: str = "max", beam_size: int = 1,
     beam_box = w.BoundedIntText(value=beam_size, min=1, max=10, description="Beam size")
     device_box = w.Dropdown(options=["auto", "cpu", "gpu"], value=device, description="Device")
     compare_box = w.Checkbox(value=compare, description="Compare with the other engines")
+    words_box = w.Checkbox(value=True, description="Word timestamps (words follow the audio)")
     button = w.Button(description="Transcribe", button_style="primary", icon="play")
     # an Audio widget rather than an Output widget: no output capture, which can hang headless
     player = w.Audio(format="wav", autoplay=False, controls=True)
     player_error = w.HTML()
     result_area = w.HTML()
+    words_area = w.VBox()  # the word-by-word player, after a transcription with word times
     status = w.HTML()
     state = {"path": None}
 
@@ -144,7 +139,7 @@ def build_app(model: str = "tiny.en", engine: str = "max", beam_size: int = 1,
         try:
             path = state["path"] or selected_path()
             result = transcribe_file(path, model_box.value, engine_box.value, beam_box.value,
-                                     device_box.value)
+                                     device_box.value, words_box.value)
             others = {}
             if compare_box.value:
                 for other in ENGINES:
@@ -153,6 +148,8 @@ def build_app(model: str = "tiny.en", engine: str = "max", beam_size: int = 1,
                         others[other] = transcribe_file(path, model_box.value, other,
                                                         beam_box.value, device_box.value)
             result_area.value = report_html(path, result, others)
+            words_area.children = ([word_player(load_audio(path), result.segments)]
+                                   if words_box.value else [])
             status.value = ""
         except (MaxWhisperError, ValueError) as error:
             status.value = f"<b style='color:#b00'>{html.escape(str(error))}</b>"
@@ -165,6 +162,7 @@ def build_app(model: str = "tiny.en", engine: str = "max", beam_size: int = 1,
     show_player()
     controls = w.VBox([w.HBox([clip, upload]), player, player_error,
                        w.HBox([model_box, engine_box]), w.HBox([beam_box, device_box]),
-                       w.HBox([compare_box, button]), status, result_area])
+                       w.HBox([compare_box, words_box]), button, status, result_area,
+                       words_area])
     controls.transcribe_button = button  # for scripted use
     return controls

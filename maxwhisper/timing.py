@@ -91,21 +91,31 @@ def _backtrace(trace: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return steps[0], steps[1]
 
 
-def find_alignment(model, tokenizer: Tokenizer, text_tokens: list[int], features,
-                   num_frames: int, alignment_heads: np.ndarray, medfilt_width: int = 7,
-                   qk_scale: float = 1.0) -> list[WordTiming]:
-    """Words of `text_tokens` with start and end times (seconds from the window's start) and
-    their mean token probability. `model.cross_attention` runs the alignment graph; `features`
-    are the window's encoder output; `num_frames` its mel frames holding audio."""
-    if not text_tokens:
-        return []
+@dataclass
+class Alignment:
+    """What DTW worked on and found for one window's text: the heads' normalised, filtered
+    and averaged attention (text tokens + 1, frames), the path through it, and each text
+    token's probability."""
+
+    matrix: np.ndarray
+    text_indices: np.ndarray
+    time_indices: np.ndarray
+    token_probs: np.ndarray
+
+
+def align(model, tokenizer: Tokenizer, text_tokens: list[int], features, num_frames: int,
+          alignment_heads: np.ndarray, medfilt_width: int = 7, qk_scale: float = 1.0
+          ) -> Alignment:
+    """Run the alignment graph over the window's text and find the DTW path (openai-whisper's
+    `find_alignment` up to the path). `model.cross_attention` runs the graph; `features` are
+    the window's encoder output; `num_frames` its mel frames that hold audio."""
     tokens = [*tokenizer.sot_sequence, tokenizer.no_timestamps, *text_tokens, tokenizer.eot]
     logits, cross_weights = model.cross_attention(np.array([tokens]), features)
     first = len(tokenizer.sot_sequence)
     sampled = logits[0, first:, : tokenizer.eot].astype(np.float64)
     probs = np.exp(sampled - sampled.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
-    text_token_probs = probs[np.arange(len(text_tokens)), text_tokens]
+    token_probs = probs[np.arange(len(text_tokens)), text_tokens]
 
     # (heads, tokens, frames): the graph's weights are softmaxed over all 1500 positions;
     # openai-whisper softmaxes the scores over the audio's frames only, which is the same as
@@ -123,15 +133,25 @@ def find_alignment(model, tokenizer: Tokenizer, text_tokens: list[int], features
     weights = median_filter((weights - mean) / std, medfilt_width)
     matrix = weights.mean(axis=0)[first:-1]
     text_indices, time_indices = dtw(-matrix)
+    return Alignment(matrix, text_indices, time_indices, token_probs)
 
+
+def find_alignment(model, tokenizer: Tokenizer, text_tokens: list[int], features,
+                   num_frames: int, alignment_heads: np.ndarray, **kwargs) -> list[WordTiming]:
+    """Words of `text_tokens` with start and end times (seconds from the window's start) and
+    their mean token probability: a word starts where the DTW path first reaches its first
+    token."""
+    if not text_tokens:
+        return []
+    found = align(model, tokenizer, text_tokens, features, num_frames, alignment_heads, **kwargs)
     words, word_tokens = tokenizer.split_to_word_tokens(text_tokens + [tokenizer.eot])
     if len(word_tokens) <= 1:  # only end-of-text
         return []
     boundaries = np.pad(np.cumsum([len(t) for t in word_tokens[:-1]]), (1, 0))
-    jumps = np.pad(np.diff(text_indices), (1, 0), constant_values=1).astype(bool)
-    jump_times = time_indices[jumps] / TOKENS_PER_SECOND
+    jumps = np.pad(np.diff(found.text_indices), (1, 0), constant_values=1).astype(bool)
+    jump_times = found.time_indices[jumps] / TOKENS_PER_SECOND
     starts, ends = jump_times[boundaries[:-1]], jump_times[boundaries[1:]]
-    probabilities = [float(np.mean(text_token_probs[i:j]))
+    probabilities = [float(np.mean(found.token_probs[i:j]))
                      for i, j in zip(boundaries[:-1], boundaries[1:], strict=True)]
     return [WordTiming(word, list(toks), float(start), float(end), probability)
             for word, toks, start, end, probability

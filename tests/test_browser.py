@@ -1,6 +1,8 @@
 """Notebook 05 in a real browser: JupyterLab on loopback, driven by Playwright in Debian's
 Chromium (no browser download). Runs all cells, presses Transcribe, and checks that the audio
-player and the transcript appear. Skipped, with a message, where Chromium is not installed."""
+player and the transcript appear; then plays the word-timed player and checks that the
+highlighted word moves forward with the audio and that clicking a word seeks there. Skipped,
+with a message, where Chromium is not installed."""
 
 from __future__ import annotations
 
@@ -72,7 +74,7 @@ def test_demo_notebook_plays_and_transcribes_in_jupyterlab(jupyterlab, tmp_path)
             executable_path=CHROMIUM, headless=True,
             args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"])
+                  "--disable-sync", "--autoplay-policy=no-user-gesture-required"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
             page.goto(f"{base}/lab/tree/05_transcribe_demo.ipynb?token={token}")
@@ -88,6 +90,7 @@ def test_demo_notebook_plays_and_transcribes_in_jupyterlab(jupyterlab, tmp_path)
             button.first.click()
             page.wait_for_selector(".widget-html .maxwhisper-transcript", timeout=600_000)
             transcript = page.locator(".widget-html .maxwhisper-transcript").first.inner_text()
+            moved, seek = _play_and_click_words(page)
             page.screenshot(path=str(screenshot), full_page=False)
         except Exception:
             page.screenshot(path=str(screenshot), full_page=False)
@@ -95,4 +98,33 @@ def test_demo_notebook_plays_and_transcribes_in_jupyterlab(jupyterlab, tmp_path)
         finally:
             browser.close()
     assert "country" in transcript.lower(), transcript
+    assert moved[1] > moved[0] >= 0, moved  # the highlight followed the audio
+    word_start, position, highlighted, index = seek
+    # the audio went to the clicked word (it may have played on for a moment) and lit it
+    assert 0 <= position - word_start < 0.3 and highlighted in (index, index + 1), seek
     assert screenshot.is_file()
+
+
+def _play_and_click_words(page) -> tuple[tuple[int, int], tuple[float, float, int, int]]:
+    """In a word player on the page (the last one): play, read the highlighted word
+    twice a second apart; then pause, click a later word and read where the audio went."""
+    page.wait_for_selector(".maxwhisper-words span", timeout=600_000)
+    player = page.locator(".maxwhisper-word-audio").last
+    words = page.locator(".maxwhisper-words").last.locator("span")
+
+    def highlighted() -> int:
+        current = page.locator(".maxwhisper-words").last.locator(".maxwhisper-word-current")
+        return int(current.get_attribute("data-index")) if current.count() else -1
+
+    player.evaluate("a => { a.currentTime = 0; return a.play(); }")
+    time.sleep(1.5)
+    first = highlighted()
+    time.sleep(2.0)
+    second = highlighted()
+    player.evaluate("a => a.pause()")
+    index = min(12, words.count() - 1)
+    words.nth(index).click()  # seeks and plays: read where it went at once, then pause
+    position = float(player.evaluate("a => { a.pause(); return a.currentTime; }"))
+    at_click = highlighted()
+    word_start = float(words.nth(index).get_attribute("title").split("-")[0])
+    return (first, second), (word_start, position, at_click, index)
