@@ -38,6 +38,9 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--beam-size", default="1", help="one or more, comma-separated: 1,5")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--cpus", default=None, help="pin every worker to these CPUs, e.g. 0,1")
+    p.add_argument("--word-timestamps", action="store_true",
+                   help="every engine also computes word timestamps (max: the alignment "
+                        "graph's time per window is reported)")
     p.add_argument("--json", default=None, help="write results here (default build/bench.json)")
     p.set_defaults(run=run_bench)
 
@@ -117,7 +120,8 @@ def worker(spec: dict) -> None:
     audios = {path: load_audio(path) for path in spec["audio"]}
     first = next(iter(audios.values()))
     for beam in spec["beam_sizes"]:
-        options = TranscribeOptions(beam_size=beam)
+        options = TranscribeOptions(beam_size=beam,
+                                    word_timestamps=spec.get("word_timestamps", False))
         start = time.perf_counter()
         engine.transcribe(first[: 5 * SAMPLE_RATE], options)  # warm-up on 5 s: first-call costs
         warmup_s = time.perf_counter() - start
@@ -144,6 +148,8 @@ def worker(spec: dict) -> None:
                 record["encoder_ms_per_window"] = 1000 * stats.encode_s / stats.windows
                 record["decoder_ms_per_token"] = 1000 * stats.decode_s / max(stats.decode_steps, 1)
                 record["prefill_ms"] = 1000 * stats.prefill_s / max(stats.prefills, 1)
+                if stats.alignments:  # word timestamps: the alignment graph, once a window
+                    record["alignment_ms_per_window"] = 1000 * stats.align_s / stats.alignments
                 record["decoder_mb_per_step"] = model.decoder_bytes_per_step(beam) / 1e6
                 record["kernels"] = sorted(model.kernels)
                 record["compile"] = {k: list(v) for k, v in engine.model.report.entries.items()}
@@ -200,7 +206,8 @@ def format_table(results: list[dict]) -> str:
 
 def run_benchmark(audio: list[str], engines: list[str], model: str = "tiny.en",
                   beam_sizes: tuple[int, ...] = (1,), repeat: int = 3, out: Path | None = None,
-                  cpus: list[int] | None = None, on_result=None) -> dict:
+                  cpus: list[int] | None = None, on_result=None,
+                  word_timestamps: bool = False) -> dict:
     """Run every engine in its own worker over `audio`; returns (and saves) the report.
 
     `on_result(record, done, total)` is called after each engine/clip/beam result.
@@ -215,14 +222,16 @@ def run_benchmark(audio: list[str], engines: list[str], model: str = "tiny.en",
     out = Path(out) if out else build_dir() / "bench.json"
     cpus = cpus or sorted(os.sched_getaffinity(0))
     report = {"machine": machine_info(), "model": model, "engines": engines,
-              "beam_sizes": list(beam_sizes), "repeat": repeat, "results": []}
+              "beam_sizes": list(beam_sizes), "repeat": repeat, "results": [],
+              "word_timestamps": word_timestamps}
     report["machine"]["numpy_matmul_gflops"] = matmul_gflops()
     report["machine"]["streaming_gbps"] = streaming_gbps()
     total = len(engines) * len(audio) * len(beam_sizes)
     try:
         for engine in engines:
             spec = {"engine": engine, "model": model, "audio": audio, "cpus": cpus,
-                    "beam_sizes": list(beam_sizes), "repeat": repeat}
+                    "beam_sizes": list(beam_sizes), "repeat": repeat,
+                    "word_timestamps": word_timestamps}
             proc = subprocess.Popen([sys.executable, "-m", "maxwhisper.bench", json.dumps(spec)],
                                     stdout=subprocess.PIPE, text=True)
             for line in proc.stdout:
@@ -257,7 +266,8 @@ def run_bench(args) -> int:
                   f"{record['beam_size']}: {record['wall_min_s']:.2f} s", file=sys.stderr)
 
         report = run_benchmark(args.audio, engines, args.model, beams, args.repeat,
-                               Path(args.json) if args.json else None, cpus, progress)
+                               Path(args.json) if args.json else None, cpus, progress,
+                               args.word_timestamps)
     print(format_table(report["results"]))
     print(summary(report))
     print(f"results: {report['path']}")
@@ -311,6 +321,10 @@ def summary(report: dict) -> str:
                 f" (floor {r['decoder_floor_ms']:.2f} ms at {m['streaming_gbps']:.0f} GB/s: "
                 f"{100 * r['decoder_share_of_floor']:.0f}% of the floor); prompt prefill "
                 f"{r['prefill_ms']:.0f} ms a window")
+    for r in report["results"]:
+        if r.get("alignment_ms_per_window"):
+            lines.append(f"max word timestamps, {Path(r['audio']).name} beam {r['beam_size']}: "
+                         f"alignment graph {r['alignment_ms_per_window']:.0f} ms a window")
     totals: dict[tuple[str, int], float] = {}
     for r in report["results"]:
         key = (r["engine"], r["beam_size"])

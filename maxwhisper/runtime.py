@@ -147,6 +147,8 @@ class RunStats:
     decode_steps: int = 0
     prefill_s: float = 0.0
     prefills: int = 0
+    align_s: float = 0.0  # the alignment graph, for word timestamps
+    alignments: int = 0
 
     def reset(self) -> None:
         self.__init__()
@@ -362,8 +364,11 @@ class MaxWhisperModel:
         """Logits (B, S, V) and cross-attention weights (L, B, H, S, A) of a whole token sequence."""
         tokens = np.asarray(tokens, dtype=np.int64)
         empty = self.new_cache(tokens.shape[0]).inputs()
+        start = time.perf_counter()
         logits, _, _, weights = self._run(self._graph("alignment"), tokens, *empty,
                                           *self._cross(features), self._picks(tokens, None))
+        self.stats.align_s += time.perf_counter() - start
+        self.stats.alignments += 1
         return logits, weights
 
     @staticmethod
