@@ -6,7 +6,7 @@ greedy and beam search (Whisper's candidate scoring, patience and ranking), the 
 probability and the compression ratio used for temperature fallback.
 
 The engine is anything with `encode(mel) -> features`, `new_cache(batch)` and
-`decode(tokens, features, cache) -> logits (B, S, V)`, where the B rows (beams or samples) share
+`decode_step(tokens, features, cache) -> logits (B, S, V)`, where the B rows (beams or samples) share
 one window's features; `cache.repeated(B)` turns the one-row cache of the shared prompt into B
 rows and `cache.reorder(rows)` follows the beams that were kept.
 `MaxWhisperModel` is the one this package runs.
@@ -29,7 +29,7 @@ class WhisperEngine(Protocol):
 
     def encode(self, mel: np.ndarray): ...
     def new_cache(self, batch: int): ...
-    def decode(self, tokens: np.ndarray, features, cache,
+    def decode_step(self, tokens: np.ndarray, features, cache,
                positions: list[int] | None = None) -> np.ndarray: ...
 
 
@@ -293,7 +293,8 @@ def suppress_token_ids(tokenizer: Tokenizer, suppress_tokens) -> list[int]:
 def detect_language(model: WhisperEngine, features, tokenizer: Tokenizer
                     ) -> tuple[str, dict[str, float]]:
     """The most likely language token after <|startoftranscript|>, and every language's probability."""
-    logits = model.decode(np.array([[tokenizer.sot]]), features, model.new_cache(1), [0])[0, 0]
+    logits = model.decode_step(np.array([[tokenizer.sot]]), features, model.new_cache(1),
+                               [0])[0, 0]
     language_tokens = np.array(tokenizer.all_language_tokens)
     language_logits = logits[language_tokens].astype(np.float64)
     probs = np.exp(language_logits - language_logits.max())
@@ -370,12 +371,12 @@ def decode(model: WhisperEngine, mel: np.ndarray, options: DecodingOptions = Dec
         if step == 0:  # the whole prompt; logits at <|startoftranscript|> and at the end
             # every row (beam or sample) starts from the same prompt: run it once and give
             # each row a copy of its keys and values, instead of n_group identical prefills
-            logits = model.decode(tokens[:1], features, cache, positions=[sot_index, -1])
+            logits = model.decode_step(tokens[:1], features, cache, positions=[sot_index, -1])
             no_speech_prob = float(np.exp(log_softmax(logits[0, 0]))[tokenizer.no_speech])
             if n_group > 1:
                 cache, logits = cache.repeated(n_group), np.repeat(logits, n_group, axis=0)
         else:
-            logits = model.decode(tokens[:, -1:], features, cache, positions=[-1])
+            logits = model.decode_step(tokens[:, -1:], features, cache, positions=[-1])
         logits = np.array(logits[:, -1], dtype=np.float32)
         for logit_filter in filters:
             logit_filter.apply(logits, tokens)

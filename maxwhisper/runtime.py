@@ -51,6 +51,15 @@ def select_device(device: str = "auto"):
     raise ValueError(f"unknown device {device!r}; use auto, cpu or gpu")
 
 
+def device_name(device=None) -> str:
+    """openai-whisper's device spellings as ours: None -> "auto", "cuda" (or "cuda:0", a
+    torch.device) -> "gpu"."""
+    if device is None:
+        return "auto"
+    name = str(device).split(":")[0]
+    return "gpu" if name == "cuda" else name
+
+
 def default_float64_blocks(dims: ModelDimensions) -> int:
     """How many encoder blocks (with the stem) compute in float64 on the CPU in float32.
 
@@ -338,7 +347,7 @@ class MaxWhisperModel:
         self.stats.windows += mel.shape[0]
         return features
 
-    def decode(self, tokens: np.ndarray, features: AudioFeatures, cache: KVCache,
+    def decode_step(self, tokens: np.ndarray, features: AudioFeatures, cache: KVCache,
                positions: list[int] | None = None) -> np.ndarray:
         """Run new tokens (B, S) after the cached ones and grow the cache; returns the logits
         (B, K, V) at `positions` (indices into the S new tokens; default all S).
@@ -382,16 +391,21 @@ class MaxWhisperModel:
         return features.cross_on(self.driver_device)
 
     def decoder_bytes_per_step(self, batch: int = 1) -> int:
-        """The bytes one decoding step of `batch` rows reads: every decoder weight in the
-        dtype the graph holds it in (but only `batch` rows of the token and position tables),
-        the window's cross-attention K/V, and the whole self-attention cache (the graph reads
-        all n_text_ctx slots, masked). The floor a step's time is measured against."""
+        """The bytes one decoding step of `batch` rows reads at least: every decoder weight in
+        the dtype the graph holds it in (but only `batch` rows of the token and position
+        lookup tables) and the window's cross-attention K/V; plus the whole self-attention
+        cache when MAX's ops read it (all n_text_ctx slots, masked). With the self-attention
+        kernel only the filled slots are read, a number that grows through a window (up to
+        the whole cache); it is left out. The floor a step's time is measured against."""
         d = self.dims
-        tables = ("decoder.token_embedding.weight", "decoder.positional_embedding")
+        # the lookup tables, in whatever dtype the graph holds them (not the output projection's
+        # packed copy of the token embedding, which every step reads whole)
+        tables = {"decoder.token_embedding.weight", "decoder.positional_embedding"}
         weights = sum(array.nbytes for name, array in self._registries["decoder"].items()
-                      if not name.startswith(tables))
+                      if name.removesuffix(".float16") not in tables)
         cross = 2 * d.n_text_layer * d.n_audio_ctx * d.n_text_state * 4
-        cache = 2 * d.n_text_layer * batch * d.n_text_ctx * d.n_text_state * 4
+        cache = 0 if "self_attention" in self.kernels else (
+            2 * d.n_text_layer * batch * d.n_text_ctx * d.n_text_state * 4)
         return weights + cross + cache
 
     def new_cache(self, batch: int) -> KVCache:
@@ -426,6 +440,55 @@ class MaxWhisperModel:
             raise ValueError(f"alignment heads must be (layer, head) pairs within "
                              f"{self.dims.n_text_layer} layers x {self.dims.n_text_head} heads")
         self._alignment_heads = heads
+
+    def to(self, device) -> MaxWhisperModel:
+        """Move to `device` ("cpu", "gpu"/"cuda"; openai-whisper's spelling works): the graphs
+        are compiled or reloaded for it. Returns this model, as `torch.nn.Module.to` does."""
+        target = device_name(device)
+        if target == "auto":
+            target = "gpu" if accelerator_count() > 0 else "cpu"
+        if target != self.device:
+            self.__init__(self.weights, device=target, dtype=self.dtype, verbose=self._verbose,
+                          graphs=tuple(self._graphs) or ("encoder", "decoder"))
+        return self
+
+    @property
+    def num_languages(self) -> int:
+        return self.dims.num_languages
+
+    def decode(self, mel: np.ndarray, options=None, **kwargs):
+        """openai-whisper's `model.decode(mel, options)`: one (n_mels, 3000) window gives a
+        `DecodingResult`, a batch (n, n_mels, 3000) a list; keyword arguments replace fields of
+        `options` (a `DecodingOptions`)."""
+        from dataclasses import replace
+
+        from .decoding import DecodingOptions, decode
+
+        options = replace(options or DecodingOptions(), **kwargs)
+        mel = np.asarray(mel, dtype=np.float32)
+        if mel.ndim == 2:
+            return decode(self, mel, options)
+        return [decode(self, window, options) for window in mel]
+
+    def detect_language(self, mel: np.ndarray, tokenizer=None):
+        """openai-whisper's `model.detect_language(mel)`: the most likely language token and
+        every language's probability; one window gives (token, dict), a batch (array, list)."""
+        from .decoding import detect_language
+        from .tokenizer import get_tokenizer
+
+        if not self.dims.is_multilingual:
+            raise ValueError("This model doesn't have language tokens so it can't perform lang id")
+        tokenizer = tokenizer or get_tokenizer(True, num_languages=self.dims.num_languages)
+        mel = np.asarray(mel, dtype=np.float32)
+        windows = mel[None] if mel.ndim == 2 else mel
+        tokens, probabilities = [], []
+        for window in windows:
+            language, probs = detect_language(self, self.encode(window[None]), tokenizer)
+            tokens.append(tokenizer.to_language_token(language))
+            probabilities.append(probs)
+        if mel.ndim == 2:
+            return tokens[0], probabilities[0]
+        return np.array(tokens), probabilities
 
     @property
     def is_multilingual(self) -> bool:

@@ -37,7 +37,7 @@ def main() -> None:
     mel = A.log_mel_spectrogram(A.pad_or_trim(A.load_audio(path)))
     features = model.encode(mel[None])
     sot = get_tokenizer(model.dims.is_multilingual).sot
-    logits = model.decode(np.array([[sot]]), features, model.new_cache(1), [-1])
+    logits = model.decode_step(np.array([[sot]]), features, model.new_cache(1), [-1])
     first_token = int(logits[0, -1].argmax())
     done = time.time()
     print(f"imports {imported - started:.2f} s, graphs loaded {loaded - started:.2f} s "

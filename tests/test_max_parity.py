@@ -51,8 +51,8 @@ def test_encoder_and_decoder_logits_match_per_stage(name, jfk):
             tokens = [50258, 50259, 50359, 50363, 400, 370, 452, 7177, 6280, 11]
         ref_logits = reference.decoder(torch.tensor([tokens]), ref_audio).numpy()[0]
     cache = model.new_cache(1)
-    ours = [model.decode(np.array([tokens[:3]]), features, cache)[0]]
-    ours += [model.decode(np.array([[t]]), features, cache)[0] for t in tokens[3:]]
+    ours = [model.decode_step(np.array([tokens[:3]]), features, cache)[0]]
+    ours += [model.decode_step(np.array([[t]]), features, cache)[0] for t in tokens[3:]]
     ours = np.concatenate(ours)
     assert ours.shape == ref_logits.shape
     assert np.abs(ours - ref_logits).max() <= 1e-3

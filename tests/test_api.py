@@ -1,0 +1,48 @@
+"""openai-whisper's names on maxwhisper: `import maxwhisper as whisper` code paths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import max_model
+
+import maxwhisper as whisper
+
+
+def test_module_level_names():
+    for name in ("available_models", "load_model", "load_audio", "log_mel_spectrogram",
+                 "pad_or_trim", "transcribe", "decode", "detect_language", "DecodingOptions",
+                 "DecodingResult", "ModelDimensions"):
+        assert hasattr(whisper, name), name
+    assert whisper.available_models() == ["tiny.en", "base"]
+    assert whisper.tokenizer.get_tokenizer is whisper.get_tokenizer
+    assert whisper.audio.SAMPLE_RATE == 16000
+
+
+def test_an_unknown_model_name_is_a_clear_error():
+    with pytest.raises(whisper.ModelNameError):
+        whisper.load_model("large-v3-not-here", device="cpu")
+
+
+def test_model_to_device_and_properties(jfk):
+    model = max_model("tiny.en")
+    assert model.to("cpu") is model and model.device == "cpu"
+    assert model.num_languages == model.dims.num_languages and not model.is_multilingual
+    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(whisper.load_audio(jfk.path)))
+    result = whisper.decode(model, mel, whisper.DecodingOptions(without_timestamps=True))
+    assert isinstance(result, whisper.DecodingResult) and "country" in result.text
+    batch = model.decode(np.stack([mel, mel]), without_timestamps=True)
+    assert [r.tokens for r in batch] == [result.tokens, result.tokens]
+    with pytest.raises(ValueError, match="language tokens"):
+        model.detect_language(mel)
+
+
+def test_detect_language_returns_tokens_and_probabilities(jfk):
+    model = max_model("base")
+    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(whisper.load_audio(jfk.path)))
+    token, probs = whisper.detect_language(model, mel)
+    tokenizer = whisper.get_tokenizer(True, num_languages=model.num_languages)
+    assert token == tokenizer.to_language_token("en") and max(probs, key=probs.get) == "en"
+    assert abs(sum(probs.values()) - 1) < 1e-4
+    tokens, batch = model.detect_language(np.stack([mel, mel]))
+    assert tokens.tolist() == [token, token] and batch[0] == probs
