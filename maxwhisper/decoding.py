@@ -52,6 +52,7 @@ class DecodingOptions:
     without_timestamps: bool = False  # <|notimestamps|>: text tokens only
     max_initial_timestamp: float | None = 1.0  # the first timestamp is at most this (seconds)
     seed: int = 0  # random generator seed for temperature > 0
+    fp16: bool = True  # openai-whisper's; accepted and ignored (the model's dtype decides)
 
 
 @dataclass
