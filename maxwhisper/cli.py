@@ -12,6 +12,26 @@ from .weights import DEFAULT_MODEL
 TEMPERATURE_SCHEDULE = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
+def _truth(value: str) -> bool:
+    """openai-whisper's boolean option values: True/False (any case), 1/0, yes/no."""
+    lowered = value.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+
+
+def _option(p, name: str, *short: str, flag: bool = False, **kwargs) -> None:
+    """An option under our spelling (--beam-size) and openai-whisper's (--beam_size), so shell
+    scripts move over; a `flag` also takes openai-whisper's value form (--word_timestamps True)."""
+    openai_spelling = "--" + name[2:].replace("-", "_")
+    names = [name, *short] + ([openai_spelling] if openai_spelling != name else [])
+    if flag:
+        kwargs.update(nargs="?", const=True, default=False, type=_truth)
+    p.add_argument(*names, **kwargs)
+
+
 def _add_transcribe(sub) -> None:
     p = sub.add_parser("transcribe", help="transcribe audio files")
     p.add_argument("audio", nargs="+", help="audio files (wav, flac, mp3, ogg; any sample rate)")
@@ -19,28 +39,28 @@ def _add_transcribe(sub) -> None:
                    help="max (MAX Graph, default), openai (openai-whisper), faster (faster-whisper)")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="tiny.en, base, or a path to a .pt / .npz checkpoint or CTranslate2 folder")
-    p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default)")
+    _option(p, "--beam-size", type=int, default=1, help="1 = greedy (default)")
     p.add_argument("--language", default=None, help="force a language (multilingual models)")
-    p.add_argument("--without-timestamps", action="store_true", help="text tokens only")
+    _option(p, "--without-timestamps", flag=True, help="text tokens only")
     p.add_argument("--fallback", action="store_true",
                    help="Whisper's temperature fallback (0.0 ... 1.0) on repetitive or "
                         "unlikely text; off by default for deterministic output")
-    p.add_argument("--initial-prompt", default=None, help="text to condition the first window on")
+    _option(p, "--initial-prompt", default=None, help="text to condition the first window on")
     p.add_argument("--device", default="auto", help="max engine: auto, cpu or gpu")
     p.add_argument("--dtype", default="float32", help="max engine: float32 or float16 (GPU)")
-    p.add_argument("--compute-type", default="float32", help="faster engine: float32 or int8")
-    p.add_argument("--word-timestamps", action="store_true",
-                   help="word-level times (json words; srt/vtt cues from words)")
-    p.add_argument("--highlight-words", action="store_true",
-                   help="(with --word-timestamps) underline each word in srt/vtt as it is spoken")
-    p.add_argument("--max-line-width", type=int, default=None,
-                   help="(with --word-timestamps) characters a subtitle line at most")
-    p.add_argument("--max-line-count", type=int, default=None,
-                   help="(with --word-timestamps) lines a subtitle cue at most")
-    p.add_argument("--max-words-per-line", type=int, default=None,
-                   help="(with --word-timestamps, not with --max-line-width) words a line at most")
-    p.add_argument("--output-format", default="txt", choices=["txt", "srt", "vtt", "json", "all"])
-    p.add_argument("--output-dir", default=".", help="where the output files go")
+    _option(p, "--compute-type", default="float32", help="faster engine: float32 or int8")
+    _option(p, "--word-timestamps", flag=True,
+            help="word-level times (json words; srt/vtt cues from words)")
+    _option(p, "--highlight-words", flag=True,
+            help="(with --word-timestamps) underline each word in srt/vtt as it is spoken")
+    _option(p, "--max-line-width", type=int, default=None,
+            help="(with --word-timestamps) characters a subtitle line at most")
+    _option(p, "--max-line-count", type=int, default=None,
+            help="(with --word-timestamps) lines a subtitle cue at most")
+    _option(p, "--max-words-per-line", type=int, default=None,
+            help="(with --word-timestamps, not with --max-line-width) words a line at most")
+    _option(p, "--output-format", "-f", default="txt", choices=["txt", "srt", "vtt", "json", "all"])
+    _option(p, "--output-dir", "-o", default=".", help="where the output files go")
 
 
 def _add_extract(sub) -> None:
@@ -96,7 +116,7 @@ def run_extract(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maxwhisper", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_transcribe(sub)
@@ -104,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     from .bench import add_bench_parser
 
     add_bench_parser(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return {"transcribe": run_transcribe, "extract": run_extract}.get(
             args.command, lambda a: a.run(a))(args)

@@ -80,3 +80,18 @@ def test_extract_command(tmp_path):
     proc = run_cli("extract", "--model", "tiny.en", "--output-dir", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "tiny.en.npz").is_file() and "n_audio_state=384" in proc.stdout
+
+
+def test_openai_whispers_option_spellings_parse_alike():
+    from maxwhisper.cli import build_parser
+
+    parser = build_parser()
+    ours = parser.parse_args(["transcribe", "a.wav", "--word-timestamps", "--beam-size", "5",
+                              "--output-format", "srt", "--output-dir", "subs",
+                              "--max-line-width", "30"])
+    theirs = parser.parse_args(["transcribe", "a.wav", "--word_timestamps", "True",
+                                "--beam_size", "5", "-f", "srt", "-o", "subs",
+                                "--max_line_width", "30", "--highlight_words", "False"])
+    assert vars(ours) == vars(theirs)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["transcribe", "a.wav", "--word_timestamps", "maybe"])
