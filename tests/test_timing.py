@@ -113,3 +113,17 @@ def test_longform_words_move_forward_within_their_segments(longform):
     for segment in result["segments"]:
         for w in segment["words"]:
             assert segment["start"] - 0.7 <= w["start"] and w["end"] <= segment["end"] + 1e-6
+
+
+@pytest.mark.slow
+def test_words_with_beam_search_equal_openai(speech_clips):
+    """Beam search picks other tokens than greedy on some clips; the words follow them."""
+    names = ["jfk.wav", "1221-135766-0001.wav", "LJ001-0014.wav"]
+    paths = [c.path for c in speech_clips if c.name in names]
+    ours = run_engine("max", paths, "tiny.en", word_timestamps=True, beam_size=5)
+    reference = run_engine("openai", paths, "tiny.en", word_timestamps=True, beam_size=5)
+    for mine, theirs in zip(ours, reference, strict=True):
+        a, b = _words(mine), _words(theirs)
+        assert a and [w["word"] for w in a] == [w["word"] for w in b]
+        assert max(max(abs(x["start"] - y["start"]), abs(x["end"] - y["end"]))
+                   for x, y in zip(a, b, strict=True)) <= 0.02 + 1e-9
