@@ -22,3 +22,5 @@ PY
 say hello_max.wav en-us "Hello! This is MAX Whisper, speech recognition running on the MAX graph compiler."
 say weather_report.wav en-gb "Tomorrow will be cloudy in the morning, with sunny spells and a light breeze in the afternoon."
 say numbers.wav en-us "Please call me back at five five five, one two three four, before six thirty tonight."
+# German, for translation (task="translate": X -> English) and language detection
+say wetter_de.wav de "Guten Tag. Morgen wird es am Vormittag bewölkt, am Nachmittag scheint die Sonne und es weht ein leichter Wind."

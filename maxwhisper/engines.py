@@ -40,11 +40,13 @@ class MaxEngine:
 
         start = time.perf_counter()
         result = transcribe(self.model, audio, temperature=options.temperature,
-                            beam_size=options.beams, language=options.language,
+                            beam_size=options.beams, language=options.language, task=options.task,
                             without_timestamps=options.without_timestamps,
                             condition_on_previous_text=options.condition_on_previous_text,
                             initial_prompt=options.initial_prompt,
-                            word_timestamps=options.word_timestamps, progress=progress)
+                            word_timestamps=options.word_timestamps,
+                            clip_timestamps=options.clip_timestamps,
+                            carry_initial_prompt=options.carry_initial_prompt, progress=progress)
         return from_whisper_result(result, self.name, self.model_name, options, len(audio),
                                    self.load_seconds, time.perf_counter() - start)
 

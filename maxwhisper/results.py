@@ -16,12 +16,15 @@ class TranscribeOptions:
     """Decoding options every engine understands. beam_size None or 1 means greedy."""
 
     beam_size: int | None = None
+    task: str = "transcribe"  # or "translate" (X -> English, multilingual models)
     temperature: float | tuple[float, ...] = 0.0  # a tuple enables Whisper's fallback schedule
     language: str | None = None
     without_timestamps: bool = False
     condition_on_previous_text: bool = True
     initial_prompt: str | None = None
     word_timestamps: bool = False  # segments gain `words`: {word, start, end, probability}
+    clip_timestamps: str = "0"  # "start,end,...": only these stretches (seconds)
+    carry_initial_prompt: bool = False  # the initial prompt before every window (not faster)
 
     @property
     def beams(self) -> int | None:

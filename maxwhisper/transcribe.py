@@ -73,10 +73,12 @@ def transcribe(
     no_speech_threshold: float | None = 0.6,
     condition_on_previous_text: bool = True,
     initial_prompt: str | None = None,
+    carry_initial_prompt: bool = False,
     word_timestamps: bool = False,
     prepend_punctuations: str = PREPEND_PUNCTUATIONS,
     append_punctuations: str = APPEND_PUNCTUATIONS,
     hallucination_silence_threshold: float | None = None,
+    clip_timestamps: str | list[float] = "0",
     progress: bool | None = None,
     **decode_options,
 ) -> dict:
@@ -88,6 +90,8 @@ def transcribe(
     With `word_timestamps`, every segment also has `words` ({word, start, end, probability},
     from the alignment graph and DTW, see `timing.py`), segment bounds follow the words, and
     `hallucination_silence_threshold` (seconds) skips silence around likely hallucinations.
+    `clip_timestamps` ("start,end,start,end,..." seconds, or a list) transcribes only those
+    stretches; `carry_initial_prompt` puts `initial_prompt` before every window's prompt.
     """
     if isinstance(audio, (str, Path)):
         audio = load_audio(audio)
@@ -132,14 +136,29 @@ def transcribe(
         progress = sys.stderr.isatty()
     from tqdm import tqdm
 
-    seek, last_speech_timestamp = 0, 0.0
+    clips = seek_clips(clip_timestamps, content_frames)
+    clip_index, seek, last_speech_timestamp = 0, clips[0][0], 0.0
+    # how much earlier text fits beside a carried initial prompt (openai-whisper's arithmetic)
+    remaining_prompt_length = dims.n_text_ctx // 2 - 1 - len(initial_prompt_tokens)
     with tqdm(total=content_frames, unit="frames", disable=not progress) as bar:
-        while seek < content_frames:
+        while clip_index < len(clips):
+            clip_start, clip_end = clips[clip_index]
+            seek = max(seek, clip_start)
+            if seek >= clip_end:  # this clip is done: on to the next one
+                clip_index += 1
+                if clip_index < len(clips):
+                    seek = clips[clip_index][0]
+                continue
             time_offset = float(seek * HOP_LENGTH / SAMPLE_RATE)
-            segment_size = min(N_FRAMES, content_frames - seek)
+            segment_size = min(N_FRAMES, content_frames - seek, clip_end - seek)
             mel_window = pad_or_trim(mel[:, seek : seek + segment_size], N_FRAMES)
             segment_duration = segment_size * HOP_LENGTH / SAMPLE_RATE
-            window_options = replace(options, prompt=all_tokens[prompt_reset_since:])
+            if carry_initial_prompt:  # the initial prompt, then as much recent text as fits
+                ignored = max(len(initial_prompt_tokens), prompt_reset_since)
+                prompt = initial_prompt_tokens + all_tokens[ignored:][-remaining_prompt_length:]
+            else:
+                prompt = all_tokens[prompt_reset_since:]
+            window_options = replace(options, prompt=prompt)
             result, features = _fallback_decode(model, mel_window, window_options, temperatures,
                                                 compression_ratio_threshold, logprob_threshold,
                                                 no_speech_threshold)
@@ -204,6 +223,17 @@ def transcribe(
 
     return {"text": tokenizer.decode(all_tokens[len(initial_prompt_tokens):]),
             "segments": all_segments, "language": language}
+
+
+def seek_clips(clip_timestamps: str | list[float], content_frames: int) -> list[tuple[int, int]]:
+    """(start, end) mel frames of the stretches to transcribe: "0" (the default) is the whole
+    audio; an odd count of timestamps leaves the last stretch open to the end."""
+    if isinstance(clip_timestamps, str):
+        clip_timestamps = [float(t) for t in clip_timestamps.split(",") if t.strip()]
+    points = [round(float(t) * FRAMES_PER_SECOND) for t in clip_timestamps] or [0]
+    if len(points) % 2 == 1:
+        points.append(content_frames)
+    return list(zip(points[::2], points[1::2], strict=True))
 
 
 def _last_word_end(segments: list[dict]) -> float | None:

@@ -46,3 +46,38 @@ def test_detect_language_returns_tokens_and_probabilities(jfk):
     assert abs(sum(probs.values()) - 1) < 1e-4
     tokens, batch = model.detect_language(np.stack([mel, mel]))
     assert tokens.tolist() == [token, token] and batch[0] == probs
+
+
+def _tokens(result: dict) -> list[int]:
+    return [t for s in result["segments"] for t in s["tokens"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [{"clip_timestamps": "3.5,41.2,100,130"},
+                                     {"initial_prompt": "Printing history.",
+                                      "carry_initial_prompt": True}])
+def test_clip_timestamps_and_carried_prompt_equal_openai(longform, options):
+    from maxwhisper.compare import run_engine
+
+    (ours,) = run_engine("max", [longform.path], "tiny.en", **options)
+    (theirs,) = run_engine("openai", [longform.path], "tiny.en", **options)
+    assert _tokens(ours) and _tokens(ours) == _tokens(theirs)
+    assert [(s["start"], s["end"]) for s in ours["segments"]] == \
+        [(s["start"], s["end"]) for s in theirs["segments"]]
+    if "clip_timestamps" in options:
+        assert ours["segments"][0]["start"] >= 3.5 and ours["segments"][-1]["end"] <= 130
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["transcribe", "translate"])
+def test_german_clip_transcribed_and_translated_as_openai_does(task):
+    """audio/wetter_de.wav (espeak-ng, German): base detects German, and its tokens for both
+    tasks equal openai-whisper's on the same weights."""
+    from maxwhisper.compare import run_engine
+    from maxwhisper.settings import REPO_ROOT
+
+    clip = REPO_ROOT / "audio" / "wetter_de.wav"
+    (ours,) = run_engine("max", [clip], "base", task=task)
+    (theirs,) = run_engine("openai", [clip], "base", task=task)
+    assert ours["language"] == theirs["language"] == "de"
+    assert _tokens(ours) and _tokens(ours) == _tokens(theirs)
