@@ -57,12 +57,14 @@ class OpenAIWhisperEngine:
         with torch.inference_mode():
             result = self.model.transcribe(
                 audio, fp16=False, temperature=options.temperature, beam_size=options.beams,
+                best_of=options.best_of,
                 language=options.language, task=options.task,
                 without_timestamps=options.without_timestamps,
                 condition_on_previous_text=options.condition_on_previous_text,
                 initial_prompt=options.initial_prompt, word_timestamps=options.word_timestamps,
                 clip_timestamps=options.clip_timestamps,
                 carry_initial_prompt=options.carry_initial_prompt,
+                hallucination_silence_threshold=options.hallucination_silence_threshold,
                 verbose=None if not progress else False)
         return from_whisper_result(result, self.name, self.model_name, options, len(audio),
                                    self.load_seconds, time.perf_counter() - start)
@@ -85,13 +87,15 @@ class FasterWhisperEngine:
         start = time.perf_counter()
         temperature = options.temperature
         segments_iter, info = self.model.transcribe(
-            audio, beam_size=options.beam_size or 1, best_of=1,
+            audio, beam_size=options.beam_size or 1, best_of=options.best_of or 1,
             temperature=list(temperature) if isinstance(temperature, (tuple, list)) else [temperature],
             language=options.language, task=options.task,
             without_timestamps=options.without_timestamps,
             condition_on_previous_text=options.condition_on_previous_text,
             initial_prompt=options.initial_prompt, word_timestamps=options.word_timestamps,
-            clip_timestamps=options.clip_timestamps, vad_filter=False)
+            clip_timestamps=options.clip_timestamps,
+            hallucination_silence_threshold=options.hallucination_silence_threshold,
+            vad_filter=False)
         segments = [segment_dict(s.start, s.end, s.text, s.tokens, avg_logprob=s.avg_logprob,
                                  no_speech_prob=s.no_speech_prob,
                                  **({"words": [word_dict(w.word, w.start, w.end, w.probability)

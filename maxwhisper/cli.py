@@ -9,8 +9,6 @@ from pathlib import Path
 from .errors import AudioError, MaxWhisperError
 from .weights import DEFAULT_MODEL
 
-TEMPERATURE_SCHEDULE = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-
 
 def _truth(value: str) -> bool:
     """openai-whisper's boolean option values: True/False (any case), 1/0, yes/no."""
@@ -45,6 +43,14 @@ def _add_transcribe(sub) -> None:
     p.add_argument("--fallback", action="store_true",
                    help="Whisper's temperature fallback (0.0 ... 1.0) on repetitive or "
                         "unlikely text; off by default for deterministic output")
+    p.add_argument("--task", default="transcribe", choices=["transcribe", "translate"],
+                   help="translate: X -> English (multilingual models)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="sampling temperature (0: greedy or beam search)")
+    _option(p, "--temperature-increment-on-fallback", type=float, default=None,
+            help="with --fallback (or set): the fallback schedule's step, openai-whisper's 0.2")
+    _option(p, "--best-of", type=int, default=None,
+            help="candidates sampled when the temperature is above 0")
     _option(p, "--initial-prompt", default=None, help="text to condition the first window on")
     p.add_argument("--device", default="auto", help="max engine: auto, cpu or gpu")
     p.add_argument("--dtype", default="float32", help="max engine: float32 or float16 (GPU)")
@@ -70,6 +76,17 @@ def _add_extract(sub) -> None:
     p.add_argument("--output-dir", default=None, help="default: weights/ (MAXWHISPER_WEIGHTS_DIR)")
 
 
+def temperature_schedule(args) -> float | tuple[float, ...]:
+    """One temperature, or openai-whisper's fallback schedule from it up to 1.0 (--fallback
+    alone: 0.0, 0.2, ... 1.0)."""
+    step = args.temperature_increment_on_fallback
+    if step is None and not args.fallback:
+        return args.temperature
+    step = step or 0.2
+    count = int(round((1.0 - args.temperature) / step)) + 1 if args.temperature < 1.0 else 1
+    return tuple(round(args.temperature + i * step, 6) for i in range(max(count, 1)))
+
+
 def run_transcribe(args) -> int:
     from .audio import is_silent, load_audio
     from .engines import load_engine
@@ -93,7 +110,7 @@ def run_transcribe(args) -> int:
                          compute_type=args.compute_type)
     options = TranscribeOptions(
         beam_size=args.beam_size, language=args.language,
-        temperature=TEMPERATURE_SCHEDULE if args.fallback else 0.0,
+        temperature=temperature_schedule(args), task=args.task, best_of=args.best_of,
         without_timestamps=args.without_timestamps, initial_prompt=args.initial_prompt,
         word_timestamps=args.word_timestamps)
     for path, audio in audios:

@@ -40,13 +40,16 @@ class MaxEngine:
 
         start = time.perf_counter()
         result = transcribe(self.model, audio, temperature=options.temperature,
-                            beam_size=options.beams, language=options.language, task=options.task,
+                            beam_size=options.beams, best_of=options.best_of,
+                            language=options.language, task=options.task,
                             without_timestamps=options.without_timestamps,
                             condition_on_previous_text=options.condition_on_previous_text,
                             initial_prompt=options.initial_prompt,
                             word_timestamps=options.word_timestamps,
                             clip_timestamps=options.clip_timestamps,
-                            carry_initial_prompt=options.carry_initial_prompt, progress=progress)
+                            carry_initial_prompt=options.carry_initial_prompt,
+                            hallucination_silence_threshold=options.hallucination_silence_threshold,
+                            progress=progress)
         return from_whisper_result(result, self.name, self.model_name, options, len(audio),
                                    self.load_seconds, time.perf_counter() - start)
 

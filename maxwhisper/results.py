@@ -18,6 +18,7 @@ class TranscribeOptions:
     beam_size: int | None = None
     task: str = "transcribe"  # or "translate" (X -> English, multilingual models)
     temperature: float | tuple[float, ...] = 0.0  # a tuple enables Whisper's fallback schedule
+    best_of: int | None = None  # candidates sampled at temperature > 0 (None: the engine's)
     language: str | None = None
     without_timestamps: bool = False
     condition_on_previous_text: bool = True
@@ -25,6 +26,7 @@ class TranscribeOptions:
     word_timestamps: bool = False  # segments gain `words`: {word, start, end, probability}
     clip_timestamps: str = "0"  # "start,end,...": only these stretches (seconds)
     carry_initial_prompt: bool = False  # the initial prompt before every window (not faster)
+    hallucination_silence_threshold: float | None = None  # seconds; needs word timestamps
 
     @property
     def beams(self) -> int | None:

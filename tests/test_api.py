@@ -81,3 +81,30 @@ def test_german_clip_transcribed_and_translated_as_openai_does(task):
     (theirs,) = run_engine("openai", [clip], "base", task=task)
     assert ours["language"] == theirs["language"] == "de"
     assert _tokens(ours) and _tokens(ours) == _tokens(theirs)
+
+
+def test_set_alignment_heads_reads_openai_whispers_encoding():
+    """openai-whisper's `_ALIGNMENT_HEADS` strings (base85 of a gzipped mask) name the same
+    heads as the packaged checkpoints carry."""
+    openai_whisper = pytest.importorskip("whisper")
+    model = max_model("tiny.en")
+    packaged = model.alignment_heads.copy()
+    try:
+        model.set_alignment_heads(openai_whisper._ALIGNMENT_HEADS["tiny.en"])
+        assert sorted(map(tuple, model.alignment_heads)) == sorted(map(tuple, packaged))
+        model.set_alignment_heads([(3, 1)])
+        assert model.alignment_heads.tolist() == [[3, 1]]
+        with pytest.raises(ValueError):
+            model.set_alignment_heads([(9, 0)])
+    finally:
+        model.set_alignment_heads(packaged)
+
+
+@pytest.mark.slow
+def test_hallucination_silence_threshold_equals_openai(longform):
+    from maxwhisper.compare import run_engine
+
+    options = {"word_timestamps": True, "hallucination_silence_threshold": 1.0}
+    (ours,) = run_engine("max", [longform.path], "tiny.en", **options)
+    (theirs,) = run_engine("openai", [longform.path], "tiny.en", **options)
+    assert _tokens(ours) and _tokens(ours) == _tokens(theirs)

@@ -95,3 +95,19 @@ def test_openai_whispers_option_spellings_parse_alike():
     assert vars(ours) == vars(theirs)
     with pytest.raises(SystemExit):
         parser.parse_args(["transcribe", "a.wav", "--word_timestamps", "maybe"])
+
+
+def test_temperature_options_make_openai_whispers_schedule():
+    from maxwhisper.cli import build_parser, temperature_schedule
+
+    parser = build_parser()
+
+    def schedule(*argv):
+        return temperature_schedule(parser.parse_args(["transcribe", "a.wav", *argv]))
+
+    assert schedule() == 0.0 and schedule("--temperature", "0.3") == 0.3
+    assert schedule("--fallback") == (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    assert schedule("--temperature", "0.4", "--temperature_increment_on_fallback", "0.2") == \
+        (0.4, 0.6, 0.8, 1.0)
+    args = parser.parse_args(["transcribe", "a.wav", "--task", "translate", "--best_of", "3"])
+    assert args.task == "translate" and args.best_of == 3
