@@ -108,3 +108,11 @@ def test_hallucination_silence_threshold_equals_openai(longform):
     (ours,) = run_engine("max", [longform.path], "tiny.en", **options)
     (theirs,) = run_engine("openai", [longform.path], "tiny.en", **options)
     assert _tokens(ours) and _tokens(ours) == _tokens(theirs)
+
+
+def test_load_model_takes_openai_whispers_arguments(tmp_path):
+    """download_root is searched for <name>.pt (nothing is downloaded; without the file the
+    packaged weights are used); in_memory is accepted; device None picks what MAX sees."""
+    model = whisper.load_model("tiny.en", device=None, download_root=str(tmp_path),
+                               in_memory=True, verbose=False)
+    assert model.weights.name == "tiny.en" and model.device == "cpu"

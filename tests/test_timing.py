@@ -127,3 +127,20 @@ def test_words_with_beam_search_equal_openai(speech_clips):
         assert a and [w["word"] for w in a] == [w["word"] for w in b]
         assert max(max(abs(x["start"] - y["start"]), abs(x["end"] - y["end"]))
                    for x, y in zip(a, b, strict=True)) <= 0.02 + 1e-9
+
+
+def test_punctuation_options_decide_what_joins_a_word(speech_clips):
+    """With nothing to append, the commas and the final period stand as words of their own;
+    with openai-whisper's default set they join the word before."""
+    from conftest import max_model
+
+    from maxwhisper import load_audio
+
+    clip = next(c for c in speech_clips if c.name == "LJ001-0001.wav")  # has commas
+    audio = load_audio(clip.path)
+    model = max_model("tiny.en")
+    default = _words(model.transcribe(audio, temperature=0.0, word_timestamps=True))
+    apart = _words(model.transcribe(audio, temperature=0.0, word_timestamps=True,
+                                    append_punctuations=""))
+    assert not any(w["word"] in (",", ".") for w in default)
+    assert any(w["word"] in (",", ".") for w in apart) and len(apart) > len(default)

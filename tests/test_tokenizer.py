@@ -49,3 +49,22 @@ def test_round_trip_and_equal_ids_on_every_reference_text(multilingual, speech_c
         stamped = [ours.timestamp_begin] + ids + [ours.timestamp_begin + 50]
         assert ours.decode(stamped) == text
         assert ours.decode_with_timestamps(stamped) == f"<|0.00|>{text}<|1.00|>"
+
+
+@pytest.mark.parametrize("multilingual", [False, True])
+def test_word_splits_equal_openai_whispers(multilingual):
+    """split_to_word_tokens / split_tokens_on_unicode / split_tokens_on_spaces, as word timing
+    uses them, against openai-whisper's tokenizer on the same token lists."""
+    reference = pytest.importorskip("whisper.tokenizer")
+    ours = get_tokenizer(multilingual)
+    theirs = reference.get_tokenizer(multilingual)
+    texts = [" And so, my fellow Americans: ask not!", " l'histoire d'élite, 1465 années",
+             " 다람쥐 헌 쳇바퀴에", ' It\'s 3.5% of (the) "total".']
+    for text in texts:
+        tokens = ours.encode(text) + [ours.eot]
+        assert tokens == theirs.encode(text) + [theirs.eot]
+        for method in ("split_to_word_tokens", "split_tokens_on_unicode", "split_tokens_on_spaces"):
+            assert getattr(ours, method)(tokens) == getattr(theirs, method)(tokens), (text, method)
+    if multilingual:  # openai-whisper's own example: a token that holds part of a character
+        words, _ = ours.split_tokens_on_unicode([8404, 871, 287, 6, 246, 526, 3210, 20378])
+        assert words == [" elle", " est", " l", "'", "\ufffd", "é", "rit", "oire"]
