@@ -50,7 +50,7 @@ class Params:
     weights: WhisperWeights
     device: DeviceRef
     dtype: DType = DType.float32
-    # which of maxwhisper's Mojo kernels (`custom_ops.KERNELS`) the decoder graph uses:
+    # which of maxwhisper's Mojo kernels (`runtime.default_kernels` picks them) the decoder uses:
     # "vocab" the output projection and "linear" the layers' projections over float16 weights,
     # "cross_attention" the attention to the audio window, "self_attention" the attention over
     # the filled cache slots (CPU, float32 graph)
@@ -137,17 +137,10 @@ class Params:
 
     def vocabulary_logits(self, h: TensorValue) -> TensorValue:
         """h (..., d) @ token_embedding^T: the logits (..., n_vocab)."""
-        name = "decoder.token_embedding.weight"
-        if "vocab" in self.kernels:
-            n_vocab = self.weights.tensors[name].shape[0]
-            panels = self.derived(f"{name}.panels",
-                                  lambda: custom_ops.pack_panels(self.weights.tensors[name].T),
-                                  DType.float16)
-            zeros = self.derived(f"{name}.zero_bias",
-                                 lambda: custom_ops.pad_bias(np.zeros(n_vocab, np.float32)))
-            return custom_ops.linear_f16(h, panels, zeros, n_vocab)
+        if "vocab" in self.kernels:  # the embedding is a bias-free projection to the kernel
+            return self._kernel_linear(h, ["decoder.token_embedding"])[0]
         # (d, V): a plain row-major `x @ W` (measured faster in MAX than `x @ W.T`)
-        return h @ self.transposed(name)
+        return h @ self.transposed("decoder.token_embedding.weight")
 
     def token_embedding(self, tokens: TensorValue) -> TensorValue:
         """The embedding rows of `tokens` (B, S) -> (B, S, d) float32; read from a (V, d)
