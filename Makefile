@@ -16,7 +16,7 @@ setup: $(STAMP) weights
 # requirements.lock pins everything else (torch 2.13.0 installs from a local file).
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -qq --disable-pip-version-check -c requirements.lock -e .
+	$(PY) -m pip install -qq --disable-pip-version-check -c requirements.lock -e ".[all]"
 	@touch $@
 
 weights: weights/tiny.en.npz weights/base.npz

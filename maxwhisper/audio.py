@@ -60,11 +60,17 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
         try:
             import warnings
 
-            import librosa
+            try:
+                import librosa  # in the [notebooks] extra; the core reads what libsndfile reads
+            except ImportError:
+                raise AudioError(f"{path}: not audio that libsndfile reads ({first}); for other "
+                                 "formats (m4a, ...) install librosa") from None
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return librosa.load(str(path), sr=None, mono=False)
+        except AudioError:
+            raise
         except Exception:
             raise AudioError(f"{path}: not a readable audio file ({first})") from None
 

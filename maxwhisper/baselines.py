@@ -45,8 +45,10 @@ def torch_whisper(weights: WhisperWeights) -> whisper.model.Whisper:
 class OpenAIWhisperEngine:
     name = "openai"
 
-    def __init__(self, model: str = DEFAULT_MODEL):
+    def __init__(self, model: str = DEFAULT_MODEL, threads: int | None = None):
         start = time.perf_counter()
+        if threads:
+            torch.set_num_threads(threads)
         self.model_name = model
         self.model = torch_whisper(load_weights(model))
         self.load_seconds = time.perf_counter() - start
@@ -71,13 +73,14 @@ class OpenAIWhisperEngine:
 
 
 class FasterWhisperEngine:
-    def __init__(self, model: str = DEFAULT_MODEL, compute_type: str = "float32"):
+    def __init__(self, model: str = DEFAULT_MODEL, compute_type: str = "float32",
+                 threads: int | None = None):
         start = time.perf_counter()
         self.name = "faster" if compute_type == "float32" else f"faster-{compute_type}"
         self.model_name = model
         folder: Path = ctranslate2_dir(model)
         self.model = WhisperModel(str(folder), device="cpu", compute_type=compute_type,
-                                  cpu_threads=os.cpu_count() or 0, local_files_only=True)
+                                  cpu_threads=threads or os.cpu_count() or 0, local_files_only=True)
         self.load_seconds = time.perf_counter() - start
 
     def transcribe(self, audio: np.ndarray, options: TranscribeOptions = TranscribeOptions(),

@@ -1,4 +1,4 @@
-"""The `maxwhisper` command: transcribe, extract (weights) and bench."""
+"""The `maxwhisper` command: transcribe, corpus (many files), extract (weights) and bench."""
 
 from __future__ import annotations
 
@@ -33,6 +33,42 @@ def _option(p, name: str, *short: str, flag: bool = False, **kwargs) -> None:
 def _add_transcribe(sub) -> None:
     p = sub.add_parser("transcribe", help="transcribe audio files")
     p.add_argument("audio", nargs="+", help="audio files (wav, flac, mp3, ogg; any sample rate)")
+    _add_decoding_options(p)
+    _option(p, "--highlight-words", flag=True,
+            help="(with --word-timestamps) underline each word in srt/vtt as it is spoken")
+    _option(p, "--max-line-width", type=int, default=None,
+            help="(with --word-timestamps) characters a subtitle line at most")
+    _option(p, "--max-line-count", type=int, default=None,
+            help="(with --word-timestamps) lines a subtitle cue at most")
+    _option(p, "--max-words-per-line", type=int, default=None,
+            help="(with --word-timestamps, not with --max-line-width) words a line at most")
+    _option(p, "--output-format", "-f", default="txt", choices=["txt", "srt", "vtt", "json", "all"])
+    _option(p, "--output-dir", "-o", default=".", help="where the output files go")
+
+
+def _add_corpus(sub) -> None:
+    p = sub.add_parser("corpus", help="transcribe many files into one JSONL, resumably, on "
+                                      "local workers or a Ray cluster")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="audio files, folders (searched recursively) or manifests (.tsv/.csv/"
+                        ".jsonl with a path column and an optional reference column)")
+    p.add_argument("--output", required=True,
+                   help="the results JSONL (appended to; files already in it are skipped)")
+    _add_decoding_options(p)
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes on this machine (default 1), or Ray actors with --ray "
+                        "(default one per core)")
+    p.add_argument("--ray", default=None, metavar="local|auto|ADDRESS",
+                   help="run on Ray: local (a Ray instance on this machine), auto (the running "
+                        "cluster) or a cluster address")
+    _option(p, "--retry-errors", flag=True, help="transcribe again the files stored as errors")
+    _option(p, "--output-format", "-f", default=None, choices=["txt", "srt", "vtt", "json", "all"],
+            help="also write a transcript file per audio file")
+    _option(p, "--output-dir", "-o", default=None,
+            help="where per-file transcripts go (default: beside the JSONL)")
+
+
+def _add_decoding_options(p) -> None:
     p.add_argument("--engine", default="max", choices=["max", "openai", "faster"],
                    help="max (MAX Graph, default), openai (openai-whisper), faster (faster-whisper)")
     p.add_argument("--model", default=DEFAULT_MODEL,
@@ -57,16 +93,6 @@ def _add_transcribe(sub) -> None:
     _option(p, "--compute-type", default="float32", help="faster engine: float32 or int8")
     _option(p, "--word-timestamps", flag=True,
             help="word-level times (json words; srt/vtt cues from words)")
-    _option(p, "--highlight-words", flag=True,
-            help="(with --word-timestamps) underline each word in srt/vtt as it is spoken")
-    _option(p, "--max-line-width", type=int, default=None,
-            help="(with --word-timestamps) characters a subtitle line at most")
-    _option(p, "--max-line-count", type=int, default=None,
-            help="(with --word-timestamps) lines a subtitle cue at most")
-    _option(p, "--max-words-per-line", type=int, default=None,
-            help="(with --word-timestamps, not with --max-line-width) words a line at most")
-    _option(p, "--output-format", "-f", default="txt", choices=["txt", "srt", "vtt", "json", "all"])
-    _option(p, "--output-dir", "-o", default=".", help="where the output files go")
 
 
 def _add_extract(sub) -> None:
@@ -87,11 +113,22 @@ def temperature_schedule(args) -> float | tuple[float, ...]:
     return tuple(round(args.temperature + i * step, 6) for i in range(max(count, 1)))
 
 
+def transcribe_options(args):
+    from .results import TranscribeOptions
+
+    if args.beam_size < 1:
+        raise MaxWhisperError(f"--beam-size must be at least 1, got {args.beam_size}")
+    return TranscribeOptions(
+        beam_size=args.beam_size, language=args.language,
+        temperature=temperature_schedule(args), task=args.task, best_of=args.best_of,
+        without_timestamps=args.without_timestamps, initial_prompt=args.initial_prompt,
+        word_timestamps=args.word_timestamps)
+
+
 def run_transcribe(args) -> int:
     from .audio import is_silent, load_audio
     from .engines import load_engine
     from .outputs import SubtitleOptions, write_outputs
-    from .results import TranscribeOptions
 
     audios = []
     for name in args.audio:  # check every input before the (slow) model load
@@ -99,8 +136,6 @@ def run_transcribe(args) -> int:
         if is_silent(audio):
             raise AudioError(f"{name}: audio is silent, nothing to transcribe")
         audios.append((Path(name), audio))
-    if args.beam_size < 1:
-        raise MaxWhisperError(f"--beam-size must be at least 1, got {args.beam_size}")
     subtitles = SubtitleOptions(args.highlight_words, args.max_line_width, args.max_line_count,
                                 args.max_words_per_line)
     if subtitles != SubtitleOptions() and not args.word_timestamps:
@@ -108,11 +143,7 @@ def run_transcribe(args) -> int:
                               "--word-timestamps")
     engine = load_engine(args.engine, args.model, device=args.device, dtype=args.dtype,
                          compute_type=args.compute_type)
-    options = TranscribeOptions(
-        beam_size=args.beam_size, language=args.language,
-        temperature=temperature_schedule(args), task=args.task, best_of=args.best_of,
-        without_timestamps=args.without_timestamps, initial_prompt=args.initial_prompt,
-        word_timestamps=args.word_timestamps)
+    options = transcribe_options(args)
     for path, audio in audios:
         result = engine.transcribe(audio, options)
         written = write_outputs(result, path, Path(args.output_dir), args.output_format,
@@ -121,6 +152,27 @@ def run_transcribe(args) -> int:
         print(f"maxwhisper: {path.name}: {result.audio_seconds:.1f} s of audio in "
               f"{result.timings['transcribe_s']:.2f} s ({args.engine}); wrote "
               f"{', '.join(str(p) for p in written)}", file=sys.stderr)
+    return 0
+
+
+def run_corpus(args) -> int:
+    from .corpus import CorpusSettings, find_files, run_corpus, transcript_writer
+
+    files = find_files(args.inputs)
+    if not files:
+        raise MaxWhisperError("no audio files found in " + ", ".join(args.inputs))
+    if args.workers is not None and args.workers < 1:
+        raise MaxWhisperError(f"--workers must be at least 1, got {args.workers}")
+    settings = CorpusSettings(args.engine, args.model, transcribe_options(args),
+                              compute_type=args.compute_type, dtype=args.dtype, device=args.device)
+    writer = None
+    if args.output_format:
+        folder = Path(args.output_dir) if args.output_dir else Path(args.output).parent
+        writer = transcript_writer(files, folder, args.output_format)
+    summary = run_corpus(files, args.output, settings, workers=args.workers,
+                         ray_address=args.ray, retry_errors=args.retry_errors, on_record=writer)
+    for line in summary.lines():
+        print(line, file=sys.stderr)
     return 0
 
 
@@ -137,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maxwhisper", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_transcribe(sub)
+    _add_corpus(sub)
     _add_extract(sub)
     from .bench import add_bench_parser
 
@@ -147,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"transcribe": run_transcribe, "extract": run_extract}.get(
+        return {"transcribe": run_transcribe, "corpus": run_corpus,
+                "extract": run_extract}.get(
             args.command, lambda a: a.run(a))(args)
     except MaxWhisperError as exc:
         print(f"maxwhisper: error: {exc}", file=sys.stderr)

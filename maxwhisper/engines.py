@@ -55,18 +55,22 @@ class MaxEngine:
 
 
 def load_engine(engine: str, model: str = DEFAULT_MODEL, device: str = "auto",
-                dtype: str = "float32", compute_type: str = "float32", verbose: bool = True):
-    """Build an engine by name: max, openai, or faster (faster-whisper; compute_type float32|int8)."""
+                dtype: str = "float32", compute_type: str = "float32", verbose: bool = True,
+                threads: int | None = None):
+    """Build an engine by name: max, openai, or faster (faster-whisper; compute_type float32|int8).
+    `threads` caps a baseline's CPU threads (None: all cores). MAX 26.7 has no working cap:
+    `InferenceSession(num_threads=...)` aborts the process, because the session creates the host
+    CPU device with default options before it applies the count; so a MAX engine uses every core."""
     if engine == "max":
         return MaxEngine(model, device=device, dtype=dtype, verbose=verbose)
     if engine == "openai":
         from .baselines import OpenAIWhisperEngine
 
-        return OpenAIWhisperEngine(model)
+        return OpenAIWhisperEngine(model, threads=threads)
     if engine in ("faster", "faster-fp32", "faster-int8"):
         from .baselines import FasterWhisperEngine
 
         if engine != "faster":
             compute_type = "int8" if engine.endswith("int8") else "float32"
-        return FasterWhisperEngine(model, compute_type=compute_type)
+        return FasterWhisperEngine(model, compute_type=compute_type, threads=threads)
     raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
