@@ -202,8 +202,9 @@ class CorpusWorker:
     def transcribe(self, file: CorpusFile, sha256: str | None) -> dict:
         from .audio import SAMPLE_RATE, is_silent, load_audio
 
-        record = {"path": file.path, "sha256": sha256, "engine": self.settings.engine,
-                  "model": self.settings.model, "options": self.settings.key()}
+        record = {"path": file.path, "sha256": sha256, **_file_stamp(file.path),
+                  "engine": self.settings.engine, "model": self.settings.model,
+                  "options": self.settings.key()}
         start = time.perf_counter()
         try:
             audio = load_audio(file.path)
@@ -219,6 +220,16 @@ class CorpusWorker:
             return {**record, "error": _one_line(exc)}
         return {**record, "language": result.language, "text": result.text,
                 "segments": result.segments, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _file_stamp(path: str) -> dict:
+    """Size and modification time: a file whose stamp equals its stored one keeps its stored
+    hash, so a resumed run does not read the whole corpus again."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return {}
+    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -385,9 +396,13 @@ class CorpusSummary:
     def lines(self) -> list[str]:
         out = [f"corpus: {self.files} files, {self.audio_s / 3600:.3f} h of audio: "
                f"{self.transcribed} transcribed now, {self.skipped} already done, "
-               f"{self.errors} errors",
-               f"corpus: {self.run_audio_s:.1f} s of audio in {self.wall_s:.1f} s "
-               f"({self.x_real_time:.1f}x real time, {self.workers}, model loading included)"]
+               f"{self.errors} errors"]
+        if self.workers:
+            out.append(f"corpus: {self.run_audio_s:.1f} s of audio in {self.wall_s:.1f} s "
+                       f"({self.x_real_time:.1f}x real time, {self.workers}, model loading "
+                       "included)")
+        else:
+            out.append("corpus: nothing to do, every file has a result for these options")
         if self.wer is not None:
             out.append(f"corpus: WER {100 * self.wer:.2f} % on {self.wer_files} files with "
                        "references (Whisper's English normaliser)")
@@ -408,7 +423,7 @@ def run_corpus(files: list[CorpusFile], output: str | Path, settings: CorpusSett
     start = time.perf_counter()
     log = ResultLog(output, retry_errors)
     try:
-        jobs, known = _pending_jobs(files, log.lookup(settings))
+        jobs, known = _pending_jobs(files, log.lookup(settings), log.records)
         by_path = {f.path: f for f in files}
         summary = CorpusSummary(files=len(files), skipped=len(files) - len(jobs))
         total = sum(audio_duration(f.path) for f, _ in jobs)
@@ -440,14 +455,20 @@ def run_corpus(files: list[CorpusFile], output: str | Path, settings: CorpusSett
     return summary
 
 
-def _pending_jobs(files: list[CorpusFile], stored: dict[str, dict]) -> tuple[list[Job], dict]:
+def _pending_jobs(files: list[CorpusFile], stored: dict[str, dict], records: list[dict]
+                  ) -> tuple[list[Job], dict]:
     """The files without a stored result, longest first, with their hashes; and every file's
-    hash by path (None: unreadable)."""
+    hash by path (None: unreadable). A file with the size and mtime of a stored record (any
+    options) keeps that record's hash instead of being read again."""
+    stamped = {(r["path"], r.get("bytes"), r.get("mtime_ns")): r["sha256"] for r in records
+               if r.get("sha256") and "bytes" in r}
     hashes: dict[str, str | None] = {}
     jobs = []
     for file in files:
+        stamp = _file_stamp(file.path)
+        known = stamped.get((file.path, stamp.get("bytes"), stamp.get("mtime_ns")))
         try:
-            hashes[file.path] = content_hash(file.path)
+            hashes[file.path] = known or content_hash(file.path)
         except OSError:
             hashes[file.path] = None
         if (hashes[file.path] or file.path) not in stored:

@@ -16,6 +16,7 @@ import pytest
 import soundfile
 from conftest import max_model
 
+from maxwhisper import corpus as corpus_module
 from maxwhisper import speech
 from maxwhisper.corpus import (
     CorpusFile,
@@ -92,7 +93,7 @@ def test_result_log_repairs_a_torn_line_and_keeps_one_line_per_file(tmp_path):
     assert [r["path"] for r in _records(path)] == ["/a.wav", "/d.wav"]
 
 
-def test_corpus_run_writes_every_file_once_and_resumes(corpus, tmp_path):
+def test_corpus_run_writes_every_file_once_and_resumes(corpus, tmp_path, monkeypatch):
     files = find_files([corpus["manifest"]])
     output = tmp_path / "results.jsonl"
     summary = run_corpus(files, output, CorpusSettings(), progress=False)
@@ -111,9 +112,12 @@ def test_corpus_run_writes_every_file_once_and_resumes(corpus, tmp_path):
     assert summary.wer == pytest.approx(speech.word_error_rate(
         [c.reference for c in corpus["clips"]], [records[c.name]["text"] for c in corpus["clips"]]))
     before = output.read_text()
+    real_hash, read = corpus_module.content_hash, []
+    monkeypatch.setattr(corpus_module, "content_hash", lambda p: read.append(p) or real_hash(p))
     again = run_corpus(files, output, CorpusSettings(), progress=False)
     assert (again.transcribed, again.skipped, again.errors) == (0, 10, 1)
     assert output.read_text() == before
+    assert read == []  # each file's size and mtime were stored: no file was read to hash it
     retried = run_corpus(files, output, CorpusSettings(), retry_errors=True, progress=False)
     assert (retried.skipped, retried.errors) == (9, 1)
     assert Counter(r["path"] for r in _records(output)).most_common(1)[0][1] == 1

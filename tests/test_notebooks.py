@@ -13,9 +13,9 @@ from maxwhisper.settings import build_dir
 pytestmark = pytest.mark.notebooks
 
 
-def test_the_suite_has_six_numbered_notebooks_with_parameters():
+def test_the_suite_has_seven_numbered_notebooks_with_parameters():
     paths = notebooks()
-    assert [p.name[:2] for p in paths] == ["01", "02", "03", "04", "05", "06"]
+    assert [p.name[:2] for p in paths] == ["01", "02", "03", "04", "05", "06", "07"]
     for path in paths:
         cells = json.loads(path.read_text())["cells"]
         tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
