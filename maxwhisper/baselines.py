@@ -25,6 +25,7 @@ from .results import (
     segment_dict,
     word_dict,
 )
+from .vad import segments_in_speech, speech_timestamps
 from .weights import DEFAULT_MODEL, WhisperWeights, ctranslate2_dir, load_weights
 
 
@@ -55,6 +56,8 @@ class OpenAIWhisperEngine:
 
     def transcribe(self, audio: np.ndarray, options: TranscribeOptions = TranscribeOptions(),
                    progress: bool | None = None) -> Transcription:
+        if options.vad_filter:
+            raise ValueError("openai-whisper has no vad_filter; use --engine max or faster")
         start = time.perf_counter()
         with torch.inference_mode():
             result = self.model.transcribe(
@@ -68,6 +71,9 @@ class OpenAIWhisperEngine:
                 carry_initial_prompt=options.carry_initial_prompt,
                 hallucination_silence_threshold=options.hallucination_silence_threshold,
                 verbose=None if not progress else False)
+        if options.vad:  # the same gate as the MAX engine's
+            result["segments"] = segments_in_speech(result["segments"], speech_timestamps(audio))
+            result["text"] = "".join(s["text"] for s in result["segments"])
         return from_whisper_result(result, self.name, self.model_name, options, len(audio),
                                    self.load_seconds, time.perf_counter() - start)
 
@@ -98,12 +104,14 @@ class FasterWhisperEngine:
             initial_prompt=options.initial_prompt, word_timestamps=options.word_timestamps,
             clip_timestamps=options.clip_timestamps,
             hallucination_silence_threshold=options.hallucination_silence_threshold,
-            vad_filter=False)
+            vad_filter=options.vad_filter)
         segments = [segment_dict(s.start, s.end, s.text, s.tokens, avg_logprob=s.avg_logprob,
                                  no_speech_prob=s.no_speech_prob,
                                  **({"words": [word_dict(w.word, w.start, w.end, w.probability)
                                                for w in s.words]} if s.words is not None else {}))
                     for s in segments_iter]
+        if options.vad:  # the same gate as the MAX engine's
+            segments = segments_in_speech(segments, speech_timestamps(audio))
         seconds = time.perf_counter() - start
         return Transcription("".join(s["text"] for s in segments), segments, info.language,
                              self.name, self.model_name, options.beam_size or 1,

@@ -93,6 +93,13 @@ def _add_decoding_options(p) -> None:
     _option(p, "--compute-type", default="float32", help="faster engine: float32 or int8")
     _option(p, "--word-timestamps", flag=True,
             help="word-level times (json words; srt/vtt cues from words)")
+    p.add_argument("--vad", action="store_true",
+                   help="Silero VAD as a gate: audio without speech (noise, a tone, silence) "
+                        "gives no text, and only segments that meet speech are kept; speech "
+                        "keeps exactly its text")
+    _option(p, "--vad-filter", flag=True,
+            help="faster-whisper's vad_filter: transcribe only the speech regions, one after "
+                 "the other (times mapped back to the file)")
 
 
 def _add_extract(sub) -> None:
@@ -122,7 +129,7 @@ def transcribe_options(args):
         beam_size=args.beam_size, language=args.language,
         temperature=temperature_schedule(args), task=args.task, best_of=args.best_of,
         without_timestamps=args.without_timestamps, initial_prompt=args.initial_prompt,
-        word_timestamps=args.word_timestamps)
+        word_timestamps=args.word_timestamps, vad=args.vad, vad_filter=args.vad_filter)
 
 
 def run_transcribe(args) -> int:
@@ -148,6 +155,9 @@ def run_transcribe(args) -> int:
         result = engine.transcribe(audio, options)
         written = write_outputs(result, path, Path(args.output_dir), args.output_format,
                                 subtitles)
+        if (options.vad or options.vad_filter) and not result.segments:
+            print(f"maxwhisper: {path.name}: no speech found (VAD); the transcript is empty",
+                  file=sys.stderr)
         print(result.text.strip())
         print(f"maxwhisper: {path.name}: {result.audio_seconds:.1f} s of audio in "
               f"{result.timings['transcribe_s']:.2f} s ({args.engine}); wrote "

