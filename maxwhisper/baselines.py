@@ -56,8 +56,9 @@ class OpenAIWhisperEngine:
 
     def transcribe(self, audio: np.ndarray, options: TranscribeOptions = TranscribeOptions(),
                    progress: bool | None = None) -> Transcription:
-        if options.vad_filter:
-            raise ValueError("openai-whisper has no vad_filter; use --engine max or faster")
+        if options.vad_filter or options.batch_size:
+            raise ValueError("openai-whisper has no vad_filter or batched mode; use --engine max "
+                             "or faster")
         start = time.perf_counter()
         with torch.inference_mode():
             result = self.model.transcribe(
@@ -95,6 +96,8 @@ class FasterWhisperEngine:
             raise ValueError("faster-whisper has no carry_initial_prompt")
         start = time.perf_counter()
         temperature = options.temperature
+        if options.batch_size:
+            return self._transcribe_batched(audio, options, start)
         segments_iter, info = self.model.transcribe(
             audio, beam_size=options.beam_size or 1, best_of=options.best_of or 1,
             temperature=list(temperature) if isinstance(temperature, (tuple, list)) else [temperature],
@@ -112,8 +115,28 @@ class FasterWhisperEngine:
                     for s in segments_iter]
         if options.vad:  # the same gate as the MAX engine's
             segments = segments_in_speech(segments, speech_timestamps(audio))
+        return self._transcription(segments, info.language, audio, options, start)
+
+    def _transcribe_batched(self, audio: np.ndarray, options: TranscribeOptions, start: float
+                            ) -> Transcription:
+        """faster-whisper's BatchedInferencePipeline (its VAD, its chunks, batch_size at once)."""
+        from faster_whisper import BatchedInferencePipeline
+
+        temperature = options.temperature
+        segments_iter, info = BatchedInferencePipeline(self.model).transcribe(
+            audio, batch_size=options.batch_size, beam_size=options.beam_size or 1,
+            temperature=temperature[0] if isinstance(temperature, (tuple, list)) else temperature,
+            language=options.language, task=options.task,
+            without_timestamps=options.without_timestamps, initial_prompt=options.initial_prompt,
+            word_timestamps=options.word_timestamps)
+        segments = [segment_dict(s.start, s.end, s.text, s.tokens, avg_logprob=s.avg_logprob,
+                                 no_speech_prob=s.no_speech_prob) for s in segments_iter]
+        return self._transcription(segments, info.language, audio, options, start)
+
+    def _transcription(self, segments: list[dict], language: str, audio: np.ndarray,
+                       options: TranscribeOptions, start: float) -> Transcription:
         seconds = time.perf_counter() - start
-        return Transcription("".join(s["text"] for s in segments), segments, info.language,
+        return Transcription("".join(s["text"] for s in segments), segments, language,
                              self.name, self.model_name, options.beam_size or 1,
                              len(audio) / SAMPLE_RATE,
                              {"load_s": self.load_seconds, "transcribe_s": seconds})

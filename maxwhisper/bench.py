@@ -36,6 +36,13 @@ def add_bench_parser(sub) -> None:
                         f"(default {DEFAULT_ENGINES})")
     p.add_argument("--model", default="tiny.en")
     p.add_argument("--beam-size", default="1", help="one or more, comma-separated: 1,5")
+    p.add_argument("--batch-size", default="0",
+                   help="one or more, comma-separated: 0 is the sequential (exact) mode, N the "
+                        "batched mode with N chunks at a time (max and faster only): 0,8")
+    p.add_argument("--without-timestamps", action="store_true",
+                   help="text tokens only (faster-whisper's batched default)")
+    p.add_argument("--vad", action="store_true",
+                   help="the sequential mode with the VAD gate (segments must meet speech)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--cpus", default=None, help="pin every worker to these CPUs, e.g. 0,1")
     p.add_argument("--word-timestamps", action="store_true",
@@ -119,9 +126,14 @@ def worker(spec: dict) -> None:
     load_s = time.perf_counter() - start
     audios = {path: load_audio(path) for path in spec["audio"]}
     first = next(iter(audios.values()))
-    for beam in spec["beam_sizes"]:
-        options = TranscribeOptions(beam_size=beam,
-                                    word_timestamps=spec.get("word_timestamps", False))
+    modes = [(beam, batch) for beam in spec["beam_sizes"]
+             for batch in spec.get("batch_sizes", [0])
+             if not (batch and spec["engine"] == "openai")]  # openai-whisper has no batched mode
+    for beam, batch in modes:
+        options = TranscribeOptions(beam_size=beam, batch_size=batch or None,
+                                    word_timestamps=spec.get("word_timestamps", False),
+                                    without_timestamps=spec.get("without_timestamps", False),
+                                    vad=spec.get("vad", False) and not batch)
         start = time.perf_counter()
         engine.transcribe(first[: 5 * SAMPLE_RATE], options)  # warm-up on 5 s: first-call costs
         warmup_s = time.perf_counter() - start
@@ -137,6 +149,7 @@ def worker(spec: dict) -> None:
                 stats = getattr(model, "stats", None)
             record = {
                 "engine": spec["engine"], "audio": path, "beam_size": beam,
+                "batch_size": batch,
                 "audio_seconds": result.audio_seconds, "wall_min_s": min(walls),
                 "wall_median_s": statistics.median(walls), "walls_s": walls,
                 "x_realtime": result.audio_seconds / min(walls), "text": result.text,
@@ -175,19 +188,29 @@ def _save(path: Path, report: dict) -> None:
     tmp.replace(path)
 
 
+def mode(r: dict) -> tuple[int, int]:
+    """(beam size, batch size; 0 = the sequential mode): what a result is compared within."""
+    return r["beam_size"], r.get("batch_size", 0)
+
+
+def mode_name(r: dict) -> str:
+    beam, batch = mode(r)
+    return f"beam {beam}" + (f" batch {batch}" if batch else "")
+
+
 def add_ratios(results: list[dict]) -> None:
-    """speedup_vs[engine] = that engine's best wall time / max's, same clip and beam size."""
-    by_key = {(r["engine"], r["audio"], r["beam_size"]): r for r in results}
+    """speedup_vs[engine] = that engine's best wall time / max's, same clip and mode."""
+    by_key = {(r["engine"], r["audio"], mode(r)): r for r in results}
     for r in results:
         if r["engine"] != "max":
             continue
-        r["speedup_vs"] = {e: by_key[(e, a, b)]["wall_min_s"] / r["wall_min_s"]
-                           for (e, a, b) in by_key if a == r["audio"] and b == r["beam_size"]
+        r["speedup_vs"] = {e: by_key[(e, a, m)]["wall_min_s"] / r["wall_min_s"]
+                           for (e, a, m) in by_key if a == r["audio"] and m == mode(r)
                            and e != "max"}
 
 
 def format_table(results: list[dict]) -> str:
-    header = (f"{'engine':<12} {'clip':<28} {'beam':>4} {'audio s':>8} {'min s':>8} "
+    header = (f"{'engine':<12} {'clip':<28} {'beam':>4} {'batch':>5} {'audio s':>8} {'min s':>8} "
               f"{'median s':>8} {'x RT':>7} {'enc ms/win':>10} {'dec ms/tok':>10} {'WER %':>6} "
               f"{'max speedup':>11}")
     lines = [header, "-" * len(header)]
@@ -196,6 +219,7 @@ def format_table(results: list[dict]) -> str:
         speedup = r.get("max_speedup")
         lines.append(
             f"{r['engine']:<12} {Path(r['audio']).name[:28]:<28} {r['beam_size']:>4} "
+            f"{r.get('batch_size') or '-':>5} "
             f"{r['audio_seconds']:>8.1f} {r['wall_min_s']:>8.2f} {r['wall_median_s']:>8.2f} "
             f"{r['x_realtime']:>7.1f} {fmt(r['encoder_ms_per_window'], '>10.0f')} "
             f"{fmt(r['decoder_ms_per_token'], '>10.1f')} "
@@ -207,7 +231,8 @@ def format_table(results: list[dict]) -> str:
 def run_benchmark(audio: list[str], engines: list[str], model: str = "tiny.en",
                   beam_sizes: tuple[int, ...] = (1,), repeat: int = 3, out: Path | None = None,
                   cpus: list[int] | None = None, on_result=None,
-                  word_timestamps: bool = False) -> dict:
+                  word_timestamps: bool = False, batch_sizes: tuple[int, ...] = (0,),
+                  without_timestamps: bool = False, vad: bool = False) -> dict:
     """Run every engine in its own worker over `audio`; returns (and saves) the report.
 
     `on_result(record, done, total)` is called after each engine/clip/beam result.
@@ -222,16 +247,20 @@ def run_benchmark(audio: list[str], engines: list[str], model: str = "tiny.en",
     out = Path(out) if out else build_dir() / "bench.json"
     cpus = cpus or sorted(os.sched_getaffinity(0))
     report = {"machine": machine_info(), "model": model, "engines": engines,
-              "beam_sizes": list(beam_sizes), "repeat": repeat, "results": [],
-              "word_timestamps": word_timestamps}
+              "beam_sizes": list(beam_sizes), "batch_sizes": list(batch_sizes),
+              "repeat": repeat, "results": [], "word_timestamps": word_timestamps,
+              "without_timestamps": without_timestamps, "vad": vad}
     report["machine"]["numpy_matmul_gflops"] = matmul_gflops()
     report["machine"]["streaming_gbps"] = streaming_gbps()
-    total = len(engines) * len(audio) * len(beam_sizes)
+    total = sum(len(audio) * len(beam_sizes) * len([b for b in batch_sizes
+                                                     if not (b and engine == "openai")])
+                for engine in engines)
     try:
         for engine in engines:
             spec = {"engine": engine, "model": model, "audio": audio, "cpus": cpus,
                     "beam_sizes": list(beam_sizes), "repeat": repeat,
-                    "word_timestamps": word_timestamps}
+                    "word_timestamps": word_timestamps, "batch_sizes": list(batch_sizes),
+                    "without_timestamps": without_timestamps, "vad": vad}
             proc = subprocess.Popen([sys.executable, "-m", "maxwhisper.bench", json.dumps(spec)],
                                     stdout=subprocess.PIPE, text=True)
             for line in proc.stdout:
@@ -257,17 +286,18 @@ def run_bench(args) -> int:
 
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     beams = tuple(int(b) for b in str(args.beam_size).split(","))
+    batches = tuple(int(b) for b in str(args.batch_size).split(","))
     cpus = [int(c) for c in args.cpus.split(",")] if args.cpus else None
-    total = len(engines) * len(args.audio) * len(beams)
+    total = len(engines) * len(args.audio) * len(beams) * len(batches)
     with tqdm(total=total, unit="run", disable=not sys.stderr.isatty()) as bar:
         def progress(record, done, total):
             bar.update(1)
-            print(f"bench: {record['engine']} {Path(record['audio']).name} beam "
-                  f"{record['beam_size']}: {record['wall_min_s']:.2f} s", file=sys.stderr)
+            print(f"bench: {record['engine']} {Path(record['audio']).name} "
+                  f"{mode_name(record)}: {record['wall_min_s']:.2f} s", file=sys.stderr)
 
         report = run_benchmark(args.audio, engines, args.model, beams, args.repeat,
                                Path(args.json) if args.json else None, cpus, progress,
-                               args.word_timestamps)
+                               args.word_timestamps, batches, args.without_timestamps, args.vad)
     print(format_table(report["results"]))
     print(summary(report))
     print(f"results: {report['path']}")
@@ -285,7 +315,7 @@ def finalize(report: dict, model: str) -> None:
             r["max_speedup"] = None  # its ratios to every other engine are in speedup_vs
         else:
             mx = [m for m in results if m["engine"] == "max" and m["audio"] == r["audio"]
-                  and m["beam_size"] == r["beam_size"]]
+                  and mode(m) == mode(r)]
             r["max_speedup"] = mx[0]["speedup_vs"][r["engine"]] if mx else None
     stream = report["machine"].get("streaming_gbps")
     for r in results:
@@ -316,7 +346,7 @@ def summary(report: dict) -> str:
     for r in report["results"]:
         if r.get("decoder_floor_ms"):
             lines.append(
-                f"max decoder, {Path(r['audio']).name} beam {r['beam_size']}: "
+                f"max decoder, {Path(r['audio']).name} {mode_name(r)}: "
                 f"{r['decoder_ms_per_token']:.2f} ms/step reading {r['decoder_mb_per_step']:.0f} MB"
                 f" (floor {r['decoder_floor_ms']:.2f} ms at {m['streaming_gbps']:.0f} GB/s: "
                 f"{100 * r['decoder_share_of_floor']:.0f}% of the floor); prompt prefill "
@@ -325,18 +355,19 @@ def summary(report: dict) -> str:
         if r.get("alignment_ms_per_window"):
             lines.append(f"max word timestamps, {Path(r['audio']).name} beam {r['beam_size']}: "
                          f"alignment graph {r['alignment_ms_per_window']:.0f} ms a window")
-    totals: dict[tuple[str, int], float] = {}
+    totals: dict[tuple[str, tuple[int, int]], float] = {}
     for r in report["results"]:
-        key = (r["engine"], r["beam_size"])
+        key = (r["engine"], mode(r))
         totals[key] = totals.get(key, 0.0) + r["wall_min_s"]
-    for (engine, beam), seconds in sorted(totals.items()):
-        mx = totals.get(("max", beam))
+    for (engine, (beam, batch)), seconds in sorted(totals.items()):
+        mx = totals.get(("max", (beam, batch)))
         ratio = ""
         if mx and engine != "max":
             speedup = seconds / mx  # > 1: max is faster
             ratio = (f"  (max is {speedup:.2f}x faster)" if speedup >= 1
                      else f"  (max takes {1 / speedup:.2f}x as long)")
-        lines.append(f"total beam {beam} {engine:<12} {seconds:8.2f} s{ratio}")
+        name = mode_name({"beam_size": beam, "batch_size": batch})
+        lines.append(f"total {name} {engine:<12} {seconds:8.2f} s{ratio}")
     return "\n".join(lines)
 
 

@@ -97,6 +97,10 @@ def _add_decoding_options(p) -> None:
                    help="Silero VAD as a gate: audio without speech (noise, a tone, silence) "
                         "gives no text, and only segments that meet speech are kept; speech "
                         "keeps exactly its text")
+    _option(p, "--batch-size", type=int, default=None,
+            help="the batched mode (faster-whisper's BatchedInferencePipeline): VAD cuts the "
+                 "speech into chunks of up to 30 s, N chunks are decoded together, each "
+                 "without the text before it")
     _option(p, "--vad-filter", flag=True,
             help="faster-whisper's vad_filter: transcribe only the speech regions, one after "
                  "the other (times mapped back to the file)")
@@ -125,11 +129,17 @@ def transcribe_options(args):
 
     if args.beam_size < 1:
         raise MaxWhisperError(f"--beam-size must be at least 1, got {args.beam_size}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise MaxWhisperError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.batch_size and (args.vad_filter or args.word_timestamps):
+        raise MaxWhisperError("--batch-size always cuts at the VAD's speech regions and has no "
+                              "word timestamps yet: drop --vad-filter / --word-timestamps")
     return TranscribeOptions(
         beam_size=args.beam_size, language=args.language,
         temperature=temperature_schedule(args), task=args.task, best_of=args.best_of,
         without_timestamps=args.without_timestamps, initial_prompt=args.initial_prompt,
-        word_timestamps=args.word_timestamps, vad=args.vad, vad_filter=args.vad_filter)
+        word_timestamps=args.word_timestamps, vad=args.vad, vad_filter=args.vad_filter,
+        batch_size=args.batch_size)
 
 
 def run_transcribe(args) -> int:

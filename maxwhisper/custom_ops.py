@@ -101,9 +101,10 @@ def linear_f16(x: TensorValue, panels: TensorValue, bias: TensorValue, n: int,
 
 def cross_attention(q: TensorValue, keys_t: TensorValue, values: TensorValue
                     ) -> tuple[TensorValue, TensorValue]:
-    """Every query row's attention to one audio window (CPU kernel, float32).
+    """Every query row's attention to its audio window (CPU kernel, float32).
 
-    q (R, H, 64) (rows are beams x new tokens), keys_t (H, 64, A), values (H, A, 64) ->
+    q (R, H, 64) (rows are windows x beams x new tokens), keys_t (G, H, 64, A), values
+    (G, H, A, 64) for G windows, R a multiple of G: rows g*R/G ... attend to window g ->
     out (R, H, 64) and the attention weights (H, R, A)."""
     rows, heads, hd = q.shape
     positions = keys_t.shape[-1]

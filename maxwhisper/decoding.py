@@ -320,9 +320,22 @@ def initial_tokens(tokenizer: Tokenizer, options: DecodingOptions, n_ctx: int,
     return tokens
 
 
-def decode(model: WhisperEngine, mel: np.ndarray, options: DecodingOptions = DecodingOptions(),
-           features=None) -> DecodingResult:
-    """Decode one (n_mels, 3000) window; `features` skips the encoder when already computed."""
+@dataclass(frozen=True)
+class DecodingSetup:
+    """What decoding a window under `options` needs before the first step: the language, the
+    tokenizer, the prompt and the logit filters (one window or a batch alike)."""
+
+    language: str
+    language_probs: dict | None
+    tokenizer: Tokenizer
+    initial: list[int]  # the prompt: [<|startofprev|> ...] <|startoftranscript|> ...
+    sample_begin: int  # where the sampled tokens start
+    sot_index: int  # where <|startoftranscript|> is (its logits give the no-speech probability)
+    sample_len: int
+    filters: list
+
+
+def decoding_setup(model: WhisperEngine, options: DecodingOptions, features) -> DecodingSetup:
     dims = model.dims
     if options.beam_size is not None and options.best_of is not None:
         raise ValueError("beam_size and best_of can't be given together")
@@ -330,9 +343,6 @@ def decode(model: WhisperEngine, mel: np.ndarray, options: DecodingOptions = Dec
         raise ValueError("best_of with greedy sampling (T=0) is not compatible")
     if options.patience is not None and options.beam_size is None:
         raise ValueError("patience requires beam_size to be given")
-    if features is None:
-        features = model.encode(mel[None] if mel.ndim == 2 else mel)
-
     language, language_probs = options.language or "en", None
     if dims.is_multilingual and options.language is None:
         probe = get_tokenizer(True, num_languages=dims.num_languages)
@@ -343,7 +353,7 @@ def decode(model: WhisperEngine, mel: np.ndarray, options: DecodingOptions = Dec
     n_ctx = dims.n_text_ctx
     sample_len = options.sample_len or n_ctx // 2
     initial = initial_tokens(tokenizer, options, n_ctx, sample_len)
-    sample_begin, sot_index = len(initial), initial.index(tokenizer.sot)
+    sample_begin = len(initial)
 
     filters: list = []
     if options.suppress_blank:
@@ -356,6 +366,34 @@ def decode(model: WhisperEngine, mel: np.ndarray, options: DecodingOptions = Dec
         max_initial = (round(options.max_initial_timestamp / precision)
                        if options.max_initial_timestamp else None)
         filters.append(ApplyTimestampRules(tokenizer, sample_begin, max_initial))
+    return DecodingSetup(language, language_probs, tokenizer, initial, sample_begin,
+                         initial.index(tokenizer.sot), sample_len, filters)
+
+
+def _result(setup: DecodingSetup, options: DecodingOptions, tokens: list[int], sum_logprob: float,
+            no_speech_prob: float) -> DecodingResult:
+    text = setup.tokenizer.decode(tokens).strip()
+    return DecodingResult(
+        language=setup.language, tokens=tokens, text=text,
+        avg_logprob=sum_logprob / (len(tokens) + 1), no_speech_prob=no_speech_prob,
+        temperature=options.temperature, compression_ratio=compression_ratio(text),
+        language_probs=setup.language_probs)
+
+
+def _sampled(row: np.ndarray, setup: DecodingSetup) -> list[int]:
+    """A row's sampled tokens, up to (not including) the first <|endoftext|>."""
+    row = row[setup.sample_begin:]
+    ends = np.nonzero(row == setup.tokenizer.eot)[0]
+    return row[: int(ends[0]) if len(ends) else len(row)].tolist()
+
+
+def decode(model: WhisperEngine, mel: np.ndarray, options: DecodingOptions = DecodingOptions(),
+           features=None) -> DecodingResult:
+    """Decode one (n_mels, 3000) window; `features` skips the encoder when already computed."""
+    if features is None:
+        features = model.encode(mel[None] if mel.ndim == 2 else mel)
+    setup = decoding_setup(model, options, features)
+    tokenizer, n_ctx = setup.tokenizer, model.dims.n_text_ctx
 
     if options.beam_size is not None:
         n_group = options.beam_size
@@ -365,34 +403,60 @@ def decode(model: WhisperEngine, mel: np.ndarray, options: DecodingOptions = Dec
         selector = GreedyDecoder(options.temperature, tokenizer.eot, options.seed)
 
     cache = model.new_cache(1)
-    tokens = np.tile(np.array(initial, dtype=np.int64), (n_group, 1))
+    tokens = np.tile(np.array(setup.initial, dtype=np.int64), (n_group, 1))
     sum_logprobs = np.zeros(n_group, dtype=np.float32)
     no_speech_prob = float("nan")
-    for step in range(sample_len):
+    for step in range(setup.sample_len):
         if step == 0:  # the whole prompt; logits at <|startoftranscript|> and at the end
             # every row (beam or sample) starts from the same prompt: run it once and give
             # each row a copy of its keys and values, instead of n_group identical prefills
-            logits = model.decode_step(tokens[:1], features, cache, positions=[sot_index, -1])
+            logits = model.decode_step(tokens[:1], features, cache,
+                                       positions=[setup.sot_index, -1])
             no_speech_prob = float(np.exp(log_softmax(logits[0, 0]))[tokenizer.no_speech])
             if n_group > 1:
                 cache, logits = cache.repeated(n_group), np.repeat(logits, n_group, axis=0)
         else:
             logits = model.decode_step(tokens[:, -1:], features, cache, positions=[-1])
         logits = np.array(logits[:, -1], dtype=np.float32)
-        for logit_filter in filters:
+        for logit_filter in setup.filters:
             logit_filter.apply(logits, tokens)
         tokens, completed = selector.update(tokens, logits, sum_logprobs, cache)
         if completed or tokens.shape[-1] > n_ctx:
             break
 
     candidates, candidate_logprobs = selector.finalize(tokens, sum_logprobs)
-    texts = [c[sample_begin:] for c in candidates[0]]
-    texts = [t[: int(np.nonzero(t == tokenizer.eot)[0][0])].tolist() for t in texts]
+    texts = [_sampled(c, setup) for c in candidates[0]]
     best = rank(texts, candidate_logprobs[0], options.length_penalty)
-    best_tokens, best_logprob = texts[best], candidate_logprobs[0][best]
-    text = tokenizer.decode(best_tokens).strip()
-    return DecodingResult(
-        language=language, tokens=best_tokens, text=text,
-        avg_logprob=best_logprob / (len(best_tokens) + 1), no_speech_prob=no_speech_prob,
-        temperature=options.temperature, compression_ratio=compression_ratio(text),
-        language_probs=language_probs)
+    return _result(setup, options, texts[best], candidate_logprobs[0][best], no_speech_prob)
+
+
+def decode_batch(model: WhisperEngine, features, options: DecodingOptions = DecodingOptions()
+                 ) -> list[DecodingResult]:
+    """Greedy decoding of the B windows in `features` together, one row each (each row attends
+    to its own window), under the same rules as `decode`: a row's tokens are those `decode`
+    gives its window alone. Every step reads the decoder's weights once for all B rows. Rows
+    that reach <|endoftext|> ride along until the last one does."""
+    if options.beam_size is not None or (options.best_of or 1) > 1:
+        raise ValueError("decode_batch is greedy: decode beams window by window with `decode`")
+    setup = decoding_setup(model, options, features.window(0) if features.windows > 1
+                           else features)
+    tokenizer, n_ctx, rows = setup.tokenizer, model.dims.n_text_ctx, features.windows
+    selector = GreedyDecoder(options.temperature, tokenizer.eot, options.seed)
+    cache = model.new_cache(rows)
+    tokens = np.tile(np.array(setup.initial, dtype=np.int64), (rows, 1))
+    sum_logprobs = np.zeros(rows, dtype=np.float32)
+    no_speech_probs = np.full(rows, np.nan)
+    for step in range(setup.sample_len):
+        if step == 0:
+            logits = model.decode_step(tokens, features, cache, positions=[setup.sot_index, -1])
+            no_speech_probs = np.exp(log_softmax(logits[:, 0]))[:, tokenizer.no_speech]
+        else:
+            logits = model.decode_step(tokens[:, -1:], features, cache, positions=[-1])
+        logits = np.array(logits[:, -1], dtype=np.float32)
+        for logit_filter in setup.filters:
+            logit_filter.apply(logits, tokens)
+        tokens, completed = selector.update(tokens, logits, sum_logprobs, cache)
+        if completed or tokens.shape[-1] > n_ctx:
+            break
+    return [_result(setup, options, _sampled(tokens[i], setup), float(sum_logprobs[i]),
+                    float(no_speech_probs[i])) for i in range(rows)]

@@ -36,9 +36,17 @@ class MaxEngine:
 
     def transcribe(self, audio: np.ndarray, options: TranscribeOptions = TranscribeOptions(),
                    progress: bool | None = None) -> Transcription:
-        from .transcribe import transcribe
+        from .transcribe import transcribe, transcribe_batched
 
         start = time.perf_counter()
+        if options.batch_size:
+            result = transcribe_batched(
+                self.model, audio, batch_size=options.batch_size, beam_size=options.beams,
+                temperature=options.temperature, without_timestamps=options.without_timestamps,
+                initial_prompt=options.initial_prompt, word_timestamps=options.word_timestamps,
+                language=options.language, task=options.task, progress=progress)
+            return from_whisper_result(result, self.name, self.model_name, options, len(audio),
+                                       self.load_seconds, time.perf_counter() - start)
         result = transcribe(self.model, audio, temperature=options.temperature,
                             beam_size=options.beams, best_of=options.best_of,
                             language=options.language, task=options.task,

@@ -317,26 +317,36 @@ def cached_self_attention(q: TensorValue, k_t: TensorValue, v: TensorValue, keys
     return weights[..., :capacity] @ values + weights[..., capacity:] @ v
 
 
-def shared_cross_attention(q: TensorValue, k_t: TensorValue, v: TensorValue
-                           ) -> tuple[TensorValue, TensorValue]:
-    """Cross-attention of every batch row (beam) to one audio window.
+def grouped_cross_attention(q: TensorValue, k_t: TensorValue, v: TensorValue
+                            ) -> tuple[TensorValue, TensorValue]:
+    """Cross-attention of B batch rows in G equal groups, group g to audio window g: the beams
+    of one window (G = 1) or the chunks of a batch (G = B, or B / beams).
 
-    q (B, H, S, hd); k_t (H, hd, A) and v (H, A, hd) are shared, so the beams are folded into
-    the rows of a single matmul per head: the keys and values are read once, not once per beam.
-    Returns the output (B, H, S, hd) and the weights (B, H, S, A).
+    q (B, H, S, hd); k_t (G, H, hd, A) and v (G, H, A, hd). A group's rows are folded into
+    the rows of one matmul per window and head, so each window's keys and values are read
+    once, not once per row. Returns the output (B, H, S, hd) and the weights (B, H, S, A).
     """
     batch, n_head, length, hd = q.shape
-    rows = ops.reshape(ops.permute(q, [1, 0, 2, 3]), [n_head, -1, hd])  # (H, B*S, hd)
-    weights = attention_weights(rows, k_t)  # (H, B*S, A)
-    out = ops.reshape(weights @ v, [n_head, batch, length, hd])
-    weights = ops.reshape(weights, [n_head, batch, length, int(k_t.shape[-1])])
-    return ops.permute(out, [1, 0, 2, 3]), ops.permute(weights, [1, 0, 2, 3])
+    groups, positions = k_t.shape[0], k_t.shape[-1]
+    per_group = batch // groups  # the batch is G whole groups (rebind asserts it at run time)
+    rows = ops.reshape(q.rebind([groups * per_group, n_head, length, hd]),
+                       [groups, per_group, n_head, length, hd])
+    rows = ops.reshape(ops.permute(rows, [0, 2, 1, 3, 4]), [groups, n_head, -1, hd])
+    weights = attention_weights(rows, k_t)  # (G, H, rows of a group, A)
+
+    def per_row(t: TensorValue, width) -> TensorValue:  # (G, H, rows, w) -> (B, H, S, w)
+        t = ops.reshape(t, [groups, n_head, per_group, length, width])
+        t = ops.reshape(ops.permute(t, [0, 2, 1, 3, 4]), [groups * per_group, n_head, length,
+                                                            width])
+        return t.rebind([batch, n_head, length, width])
+
+    return per_row(weights @ v, hd), per_row(weights, positions)
 
 
 def kernel_cross_attention(q: TensorValue, k_t: TensorValue, v: TensorValue, n_head: int
                            ) -> tuple[TensorValue, TensorValue]:
-    """`shared_cross_attention` by maxwhisper's Mojo kernel, from q (B, S, d) unsplit: the
-    window's K/V are read once per step for every beam at the machine's bandwidth. Returns
+    """`grouped_cross_attention` by maxwhisper's Mojo kernel, from q (B, S, d) unsplit: each
+    window's K/V are read once per step for all its rows at the machine's bandwidth. Returns
     the output (B, S, d) and the weights (B, H, S, A)."""
     batch, length, d = q.shape
     rows = ops.reshape(q, [-1, n_head, int(d) // n_head])  # (B*S, H, hd): no copy
@@ -350,7 +360,8 @@ def decoder_block(x: TensorValue, p: Params, i: int, n_head: int, keys_t: Tensor
                   masks: tuple[TensorValue, TensorValue], offset: TensorValue
                   ) -> tuple[TensorValue, ...]:
     """One decoder layer on S new tokens; keys_t (B,H,hd,T) / values (B,H,T,hd) its cache,
-    of which the first P = offset[0] slots are filled (`masks` hide the rest from MAX's ops).
+    of which the first P = offset[0] slots are filled (`masks` hide the rest from MAX's ops);
+    cross_k_t (G,H,hd,A) / cross_v (G,H,A,hd) the G windows the B rows attend to, in groups.
 
     Returns x, the new keys (B, H, hd, S) and values (B, H, S, hd) for the cache, and the
     cross-attention weights (B, H, S, A).
@@ -375,8 +386,8 @@ def decoder_block(x: TensorValue, p: Params, i: int, n_head: int, keys_t: Tensor
     if "cross_attention" in p.kernels:
         attended, cross_weights = kernel_cross_attention(q, cross_k_t, cross_v, n_head)
     else:
-        attended, cross_weights = shared_cross_attention(split_heads(q, n_head), cross_k_t,
-                                                         cross_v)
+        attended, cross_weights = grouped_cross_attention(split_heads(q, n_head), cross_k_t,
+                                                          cross_v)
         attended = merge_heads(attended)
     x = x + p.linear(attended, f"{name}.cross_attn.out")
 
@@ -457,8 +468,10 @@ def decoder_input_types(dims: ModelDimensions, device: DeviceRef) -> list[Tensor
         TensorType(DType.int64, [1], device=device),  # filled cache slots P
         TensorType(DType.float32, [L, "batch", H, hd, T], device=device),  # self keys^T cache
         TensorType(DType.float32, [L, "batch", H, T, hd], device=device),  # self values cache
-        TensorType(DType.float32, [L, H, hd, A], device=device),  # cross keys^T, one window
-        TensorType(DType.float32, [L, H, A, hd], device=device),  # cross values, one window
+        # cross keys^T and values of G windows: the batch's rows are G equal groups, group g
+        # attending to window g (G = 1: the beams of one window)
+        TensorType(DType.float32, [L, "windows", H, hd, A], device=device),
+        TensorType(DType.float32, [L, "windows", H, A, hd], device=device),
         TensorType(DType.int64, ["picks"], device=device),  # positions whose logits to return
     ]
 

@@ -29,6 +29,7 @@ class TranscribeOptions:
     hallucination_silence_threshold: float | None = None  # seconds; needs word timestamps
     vad: bool = False  # Silero VAD as a gate: only segments that meet speech are kept
     vad_filter: bool = False  # faster-whisper's vad_filter: only the speech is transcribed
+    batch_size: int | None = None  # the batched mode: VAD chunks, N at a time (faster's pipeline)
 
     @property
     def beams(self) -> int | None:

@@ -268,20 +268,22 @@ class AudioFeatures:
     audio: np.ndarray  # (B, A, d)
     cross_keys: np.ndarray  # (L, B, H, hd, A)
     cross_values: np.ndarray  # (L, B, H, A, hd)
-    # one window's cross K/V as buffers on the decoder's device, made on first use: every
-    # decoding step reads them, so on an accelerator they cross to it once per window, not
-    # once per step (on the CPU the buffers share the arrays' memory)
+    # the cross K/V as buffers on the decoder's device, made on first use: every decoding
+    # step reads them, so on an accelerator they cross to it once per window, not once per
+    # step (on the CPU the buffers share the arrays' memory)
     _on_device: dict = field(default_factory=dict, repr=False, compare=False)
 
     def cross_on(self, device) -> tuple[Buffer, Buffer]:
-        """This window's cross keys (L, H, hd, A) and values (L, H, A, hd) on `device`."""
-        if self.cross_keys.shape[1] != 1:
-            raise ValueError("the decoder takes one window's features; use features.window(i)")
+        """The B windows' cross keys (L, B, H, hd, A) and values (L, B, H, A, hd) on `device`."""
         key = str(device)
         if key not in self._on_device:
-            self._on_device[key] = (to_device(self.cross_keys[:, 0], device),
-                                    to_device(self.cross_values[:, 0], device))
+            self._on_device[key] = (to_device(self.cross_keys, device),
+                                    to_device(self.cross_values, device))
         return self._on_device[key]
+
+    @property
+    def windows(self) -> int:
+        return self.cross_keys.shape[1]
 
     def window(self, index: int) -> AudioFeatures:
         """The features of one window (batch of one), as the decoder takes them."""
@@ -352,9 +354,13 @@ class MaxWhisperModel:
         """Run new tokens (B, S) after the cached ones and grow the cache; returns the logits
         (B, K, V) at `positions` (indices into the S new tokens; default all S).
 
-        All B rows (beams) attend to the one window in `features`.
+        The B rows are G equal groups for the G windows in `features`, group g attending to
+        window g: the beams of one window (G = 1), or a batch of windows (G = B).
         """
         tokens = np.asarray(tokens, dtype=np.int64)
+        if tokens.shape[0] % features.windows:
+            raise ValueError(f"{tokens.shape[0]} rows do not split into {features.windows} "
+                             "equal groups, one per window")
         picks = self._picks(tokens, positions)
         start = time.perf_counter()
         logits, new_k, new_v = self._run(self._graph("decoder"), tokens, *cache.inputs(),

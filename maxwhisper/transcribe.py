@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import (
+    CHUNK_LENGTH,
     FRAMES_PER_SECOND,
     HOP_LENGTH,
     N_FRAMES,
@@ -27,7 +28,7 @@ from .audio import (
     log_mel_spectrogram,
     pad_or_trim,
 )
-from .decoding import DecodingOptions, DecodingResult, decode, detect_language
+from .decoding import DecodingOptions, DecodingResult, decode, decode_batch, detect_language
 from .errors import AudioError
 from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, add_word_timestamps
 from .tokenizer import LANGUAGES, get_tokenizer
@@ -267,6 +268,126 @@ def transcribe(
             "segments": all_segments, "language": language}
 
 
+# faster-whisper's batched pipeline cuts speech at pauses of 160 ms into regions of at most 30 s
+BATCHED_VAD = VadOptions(max_speech_duration_s=CHUNK_LENGTH, min_silence_duration_ms=160)
+
+
+def speech_chunks(regions: list[dict], max_samples: int = N_SAMPLES) -> list[list[dict]]:
+    """Consecutive speech regions merged into chunks of at most `max_samples` of speech."""
+    chunks: list[list[dict]] = []
+    length = 0
+    for region in regions:
+        size = region["end"] - region["start"]
+        if not chunks or length + size > max_samples:
+            chunks.append([])
+            length = 0
+        chunks[-1].append(region)
+        length += size
+    return chunks
+
+
+def transcribe_batched(
+    model,
+    audio: str | Path | np.ndarray,
+    *,
+    batch_size: int = 8,
+    beam_size: int | None = None,
+    temperature: float | tuple[float, ...] = 0.0,
+    without_timestamps: bool = False,
+    initial_prompt: str | None = None,
+    vad_options: VadOptions = BATCHED_VAD,
+    word_timestamps: bool = False,
+    progress: bool | None = None,
+    **decode_options,
+) -> dict:
+    """Long audio the way faster-whisper's `BatchedInferencePipeline` does it: Silero VAD finds
+    the speech, consecutive regions are merged into chunks of up to 30 s, and `batch_size`
+    chunks at a time are encoded and decoded together, each chunk alone (no conditioning on
+    earlier text, one temperature: the first of a schedule). Greedy decoding runs the batch's
+    chunks as rows of one decoder batch, each attending to its own chunk; beam search decodes
+    them one after the other. Segment times are the file's. Returns `transcribe`'s dict."""
+    if word_timestamps:
+        raise ValueError("word timestamps are not available in the batched mode yet; drop "
+                         "--batch-size or --word-timestamps")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if isinstance(audio, (str, Path)):
+        audio = load_audio(audio)
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.size == 0:
+        raise AudioError("audio contains no samples")
+    dims = model.dims
+    if not isinstance(temperature, (int, float)):
+        temperature = temperature[0]
+    options = DecodingOptions(**decode_options, temperature=float(temperature),
+                              beam_size=beam_size, without_timestamps=without_timestamps,
+                              prompt=initial_prompt)
+    if not dims.is_multilingual:
+        options = replace(options, language="en")
+    regions = speech_timestamps(audio, vad_options)
+    chunks = speech_chunks(regions)
+    input_stride = N_FRAMES // dims.n_audio_ctx
+    time_precision = input_stride * HOP_LENGTH / SAMPLE_RATE
+    segments: list[dict] = []
+    offset = 0.0  # where the next chunk starts in the speech-only timeline
+    if progress is None:
+        progress = sys.stderr.isatty()
+    from tqdm import tqdm
+
+    # the work: (speech-time offset, samples); a chunk whose text stops at a timestamp well
+    # before its end goes back in the queue from that timestamp, as the seek loop would
+    # continue from there (faster-whisper's pipeline drops that speech: 10.65 % WER on the
+    # 229-s clip with timestamps against 5.78 % without)
+    queue: list[tuple[float, np.ndarray]] = []
+    for chunk in chunks:
+        queue.append((offset, collect_speech(audio, chunk)))
+        offset += sum(r["end"] - r["start"] for r in chunk) / SAMPLE_RATE
+    bar = tqdm(total=round(offset, 1), unit="s", disable=not progress)
+    while queue:
+        batch, queue = queue[:batch_size], queue[batch_size:]
+        # each chunk's log-mel alone, as faster-whisper's feature extractor makes it
+        mels = np.stack([pad_or_trim(log_mel_spectrogram(piece, dims.n_mels,
+                                                         padding=HOP_LENGTH)[:, :-1], N_FRAMES)
+                         for _, piece in batch])
+        features = model.encode(mels)
+        if beam_size is None:
+            results = decode_batch(model, features, options)
+        else:
+            results = [decode(model, mels[i], options, features=features.window(i))
+                       for i in range(len(batch))]
+        options = replace(options, language=results[0].language)  # detected once, then kept
+        tokenizer = get_tokenizer(dims.is_multilingual, num_languages=dims.num_languages,
+                                  language=options.language, task=options.task)
+        for (start, piece), result in zip(batch, results, strict=True):
+            duration = len(piece) / SAMPLE_RATE
+            chunk_segments, _ = split_segments(
+                np.array(result.tokens, dtype=np.int64), tokenizer, result,
+                round(start * FRAMES_PER_SECOND), int(np.ceil(duration)) * FRAMES_PER_SECOND,
+                duration, start, time_precision, input_stride)
+            segments.extend(s for s in chunk_segments if s["text"].strip())
+            stop = _last_timestamp(result.tokens, tokenizer, time_precision)
+            if stop is not None and MIN_LEFTOVER_S < duration - stop < duration:
+                queue.append((start + stop, piece[round(stop * SAMPLE_RATE):]))
+                bar.update(round(stop, 1))
+            else:
+                bar.update(round(duration, 1))
+    bar.close()
+    segments.sort(key=lambda s: s["start"])
+    SpeechMap(regions).restore(segments)
+    return {"text": "".join(s["text"] for s in segments),
+            "segments": [{"id": i, **s} for i, s in enumerate(segments)],
+            "language": options.language or ("en" if not dims.is_multilingual else None)}
+
+
+MIN_LEFTOVER_S = 1.0  # a batched chunk's text ending earlier than this before its end is done
+
+
+def _last_timestamp(tokens: list[int], tokenizer, time_precision: float) -> float | None:
+    """Seconds of the last timestamp token in `tokens` (None: no timestamps)."""
+    stamps = [t for t in tokens if t >= tokenizer.timestamp_begin]
+    return (stamps[-1] - tokenizer.timestamp_begin) * time_precision if stamps else None
+
+
 def seek_clips(clip_timestamps: str | list[float], content_frames: int) -> list[tuple[int, int]]:
     """(start, end) mel frames of the stretches to transcribe: "0" (the default) is the whole
     audio; an odd count of timestamps leaves the last stretch open to the end."""
@@ -419,4 +540,4 @@ def format_timestamp(seconds: float, always_include_hours: bool = False,
     return f"{hours_marker}{minutes:02d}:{secs:02d}{decimal_marker}{milliseconds:03d}"
 
 
-__all__ = ["transcribe", "format_timestamp", "FRAMES_PER_SECOND"]
+__all__ = ["transcribe", "transcribe_batched", "format_timestamp", "FRAMES_PER_SECOND"]

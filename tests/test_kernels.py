@@ -67,25 +67,63 @@ def attention_piece():
     def body(q, keys_t, values, _params):
         return custom_ops.cross_attention(q, keys_t, values)
 
-    types = [(DType.float32, ["rows", "heads", 64]), (DType.float32, ["heads", 64, "audio"]),
-             (DType.float32, ["heads", "audio", 64])]
+    types = [(DType.float32, ["rows", "heads", 64]),
+             (DType.float32, ["windows", "heads", 64, "audio"]),
+             (DType.float32, ["windows", "heads", "audio", 64])]
     return compile_piece("cross_attention_test", types, body, load_weights("tiny.en"), "cpu",
                          kernels=True)
 
 
-@pytest.mark.parametrize("rows,heads,audio", [(1, 6, 1500), (5, 8, 1500), (13, 2, 77), (1, 1, 5)])
-def test_cross_attention_equals_softmax_attention(attention_piece, rows, heads, audio):
-    rng = np.random.default_rng(rows * audio)
-    q = rng.standard_normal((rows, heads, 64)).astype(np.float32)
-    keys_t = rng.standard_normal((heads, 64, audio)).astype(np.float32)
-    values = rng.standard_normal((heads, audio, 64)).astype(np.float32)
-    out, weights = attention_piece(q, keys_t, values)
-    scores = np.einsum("rhd,hda->hra", q.astype(np.float64), keys_t.astype(np.float64)) / 8.0
+def _grouped_attention(q, keys_t, values):
+    """float64 reference: rows in G equal groups, group g attending to window g."""
+    groups = keys_t.shape[0]
+    window = np.repeat(np.arange(groups), len(q) // groups)
+    scores = np.einsum("rhd,rhda->hra", q.astype(np.float64),
+                       keys_t[window].astype(np.float64)) / 8.0
     exact = np.exp(scores - scores.max(-1, keepdims=True))
     exact /= exact.sum(-1, keepdims=True)
+    return np.einsum("hra,rhad->rhd", exact, values[window].astype(np.float64)), exact
+
+
+@pytest.mark.parametrize("rows,windows,heads,audio", [
+    (1, 1, 6, 1500), (5, 1, 8, 1500), (13, 1, 2, 77), (1, 1, 1, 5),  # beams of one window
+    (8, 8, 6, 1500), (6, 3, 2, 77), (10, 2, 6, 100), (14, 7, 1, 5),  # batches of windows
+])
+def test_cross_attention_equals_softmax_attention(attention_piece, rows, windows, heads, audio):
+    rng = np.random.default_rng(rows * audio + windows)
+    q = rng.standard_normal((rows, heads, 64)).astype(np.float32)
+    keys_t = rng.standard_normal((windows, heads, 64, audio)).astype(np.float32)
+    values = rng.standard_normal((windows, heads, audio, 64)).astype(np.float32)
+    out, weights = attention_piece(q, keys_t, values)
+    expected, exact = _grouped_attention(q, keys_t, values)
     assert weights.shape == (heads, rows, audio) and np.abs(weights - exact).max() < 1e-6
-    expected = np.einsum("hra,had->rhd", exact, values.astype(np.float64))
     assert out.shape == (rows, heads, 64) and np.abs(out - expected).max() < 1e-5
+
+
+def test_grouped_cross_attention_ops_equal_the_kernel(attention_piece):
+    """MAX's ops path (accelerators, MAXWHISPER_CROSS_ATTENTION_KERNEL=0) takes the same groups."""
+    from max.graph import ops
+
+    from maxwhisper.model import grouped_cross_attention
+
+    def body(q, keys_t, values, _params):
+        out, weights = grouped_cross_attention(ops.unsqueeze(q, 2), keys_t, values)
+        return out, weights
+
+    types = [(DType.float32, ["rows", "heads", 64]),
+             (DType.float32, ["windows", "heads", 64, "audio"]),
+             (DType.float32, ["windows", "heads", "audio", 64])]
+    piece = compile_piece("grouped_cross_attention_test", types, body, load_weights("tiny.en"),
+                          "cpu")
+    rng = np.random.default_rng(3)
+    for rows, windows in ((6, 3), (5, 1), (4, 4)):
+        q = rng.standard_normal((rows, 2, 64)).astype(np.float32)
+        keys_t = rng.standard_normal((windows, 2, 64, 77)).astype(np.float32)
+        values = rng.standard_normal((windows, 2, 77, 64)).astype(np.float32)
+        out, weights = piece(q, keys_t, values)
+        expected, exact = _grouped_attention(q, keys_t, values)
+        assert np.abs(out[:, :, 0] - expected).max() < 1e-5
+        assert np.abs(weights[:, :, 0].transpose(1, 0, 2) - exact).max() < 1e-6
 
 
 def test_fits_float16():

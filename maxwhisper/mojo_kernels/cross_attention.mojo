@@ -1,5 +1,7 @@
-# The decoder's cross-attention over one audio window: for every query row and head,
-# weights = softmax(q . K^T / sqrt(hd)) over the window's A positions and out = weights @ V.
+# The decoder's cross-attention over audio windows: for every query row and head,
+# weights = softmax(q . K^T / sqrt(hd)) over its window's A positions and out = weights @ V.
+# The R rows come in G equal groups, group g attending to window g: the beams of one window
+# (G = 1) or the chunks of a batch (G = R, or R / beams).
 #
 # Why: a decoding step reads every layer's cross keys and values (1500 positions x d each,
 # 18 MB in float32 for tiny), so the step is bound by that read; MAX's batched matmul at one
@@ -23,27 +25,32 @@ comptime CHUNK = 64  # audio positions whose scores stay in registers (4 AVX-512
 
 @extensibility.register("maxwhisper_cross_attention")
 struct CrossAttention:
-    """Out (R, H, 64) and weights (H, R, A) from q (R, H, 64), K^T (H, 64, A), V (H, A, 64)."""
+    """Out (R, H, 64) and weights (H, R, A) from q (R, H, 64), K^T (G, H, 64, A),
+    V (G, H, A, 64); rows g*R/G ... (g+1)*R/G - 1 attend to window g."""
 
     @staticmethod
     def execute[target: StaticString](
         attended: OutputTensor[dtype=DType.float32, rank=3, ...],
         weights: OutputTensor[dtype=DType.float32, rank=3, ...],
         q: InputTensor[dtype=DType.float32, rank=3, ...],
-        keys_t: InputTensor[dtype=DType.float32, rank=3, ...],
-        values: InputTensor[dtype=DType.float32, rank=3, ...],
+        keys_t: InputTensor[dtype=DType.float32, rank=4, ...],
+        values: InputTensor[dtype=DType.float32, rank=4, ...],
         ctx: DeviceContext,
     ) raises:
         comptime if target != "cpu":
             raise Error("maxwhisper_cross_attention is a CPU kernel")
         var rows = q.dim_size(0)
         var heads = q.dim_size(1)
-        var positions = keys_t.dim_size(2)
-        if (q.dim_size(2) != HD or keys_t.dim_size(0) != heads or keys_t.dim_size(1) != HD
-                or values.dim_size(0) != heads or values.dim_size(1) != positions
-                or values.dim_size(2) != HD or weights.dim_size(0) != heads
-                or weights.dim_size(1) != rows or weights.dim_size(2) != positions):
-            raise Error("maxwhisper_cross_attention: q (R, H, 64), K^T (H, 64, A), V (H, A, 64)")
+        var groups = keys_t.dim_size(0)
+        var positions = keys_t.dim_size(3)
+        if (q.dim_size(2) != HD or keys_t.dim_size(1) != heads or keys_t.dim_size(2) != HD
+                or values.dim_size(0) != groups or values.dim_size(1) != heads
+                or values.dim_size(2) != positions or values.dim_size(3) != HD
+                or weights.dim_size(0) != heads or weights.dim_size(1) != rows
+                or weights.dim_size(2) != positions or groups == 0 or rows % groups != 0):
+            raise Error("maxwhisper_cross_attention: q (R, H, 64), K^T (G, H, 64, A), "
+                        + "V (G, H, A, 64), R a multiple of G")
+        var group_rows = rows // groups
         var qp = q.unsafe_ptr()
         var kp = keys_t.unsafe_ptr()
         var vp = values.unsafe_ptr()
@@ -51,13 +58,14 @@ struct CrossAttention:
         var wp = weights.unsafe_ptr()
         var scale = Float32(1.0) / sqrt(Float32(HD))
         var vector_end = positions - positions % CHUNK
-        var workers = min(num_physical_cores(), heads)
+        var workers = min(num_physical_cores(), groups * heads)
 
         @always_inline
-        def block[rb: Int](h: Int, r0: Int) {imm}:
-            # rb query rows of head h: every K^T and V vector loaded once serves all rb rows
-            var kh = kp.unsafe_offset(h * HD * positions)
-            var vh = vp.unsafe_offset(h * positions * HD)
+        def block[rb: Int](g: Int, h: Int, r0: Int) {imm}:
+            # rb query rows of head h, all in group g: every K^T and V vector of window g
+            # loaded once serves all rb rows
+            var kh = kp.unsafe_offset((g * heads + h) * HD * positions)
+            var vh = vp.unsafe_offset((g * heads + h) * positions * HD)
             var top = Array[Float32, rb](fill=Float32.MIN)
             # scores, 64 positions at a time in registers, K^T's rows streaming
             for a in range(0, vector_end, CHUNK):
@@ -105,21 +113,25 @@ struct CrossAttention:
                 op.unsafe_store[width=HD](((r0 + i) * heads + h) * HD, acc[i])
 
         def work(worker: Int) {imm}:
-            for h in range(heads * worker // workers, heads * (worker + 1) // workers):
-                var r = 0
-                while rows - r >= 6:
-                    block[6](h, r)
+            var pairs = groups * heads  # (window, head) pairs shared out over the cores
+            for pair in range(pairs * worker // workers, pairs * (worker + 1) // workers):
+                var g = pair // heads
+                var h = pair % heads
+                var r = g * group_rows
+                var end = r + group_rows
+                while end - r >= 6:
+                    block[6](g, h, r)
                     r += 6
-                var left = rows - r  # 0 to 5 rows: one more block (the beams fit in one)
+                var left = end - r  # 0 to 5 rows: one more block (the beams fit in one)
                 if left == 5:
-                    block[5](h, r)
+                    block[5](g, h, r)
                 elif left == 4:
-                    block[4](h, r)
+                    block[4](g, h, r)
                 elif left == 3:
-                    block[3](h, r)
+                    block[3](g, h, r)
                 elif left == 2:
-                    block[2](h, r)
+                    block[2](g, h, r)
                 elif left == 1:
-                    block[1](h, r)
+                    block[1](g, h, r)
 
         sync_parallelize(work, workers)
