@@ -8,6 +8,7 @@ as `librosa.filters.mel` does, which is how Whisper's bundled `mel_filters.npz` 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -151,14 +152,158 @@ def log_mel_spectrogram(audio: np.ndarray | str | Path, n_mels: int = 80,
     # in blocks of frames: the same numbers, without a file-sized complex spectrum (for long
     # audio, allocating and faulting in those arrays cost more than the FFT itself)
     log_spec = np.empty((n_mels, n_frames), dtype=np.float32)
-    window, filters = _hann_window(N_FFT), mel_filters(n_mels)
     for start in range(0, n_frames, STFT_BLOCK):
         block = slice(start, min(start + STFT_BLOCK, n_frames))
-        spectrum = np.fft.rfft(frames[block] * window, axis=-1)  # (frames, 201)
-        power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
-        log_spec[:, block] = np.log10(np.maximum(filters @ power.T, 1e-10))
-    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+        log_spec[:, block] = _log_power(frames[block], n_mels)
+    return _clamp_and_scale(log_spec, log_spec.max())
+
+
+def _log_power(frames: np.ndarray, n_mels: int) -> np.ndarray:
+    """(frames, N_FFT) windows of samples -> (n_mels, frames) log10 mel power (one block: the
+    streamed log-mel calls this with the same blocks, so its numbers are the same)."""
+    spectrum = np.fft.rfft(frames * _hann_window(N_FFT), axis=-1)  # (frames, 201)
+    power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
+    return np.log10(np.maximum(mel_filters(n_mels) @ power.T, 1e-10))
+
+
+def _clamp_and_scale(log_spec: np.ndarray, peak: np.float32) -> np.ndarray:
+    """Whisper's dynamic range (8 below the file's maximum) and scaling."""
+    log_spec = np.maximum(log_spec, peak - 8.0)
     return ((log_spec + 4.0) / 4.0).astype(np.float32)
+
+
+def stream_audio(path: str | Path, sr: int = SAMPLE_RATE,
+                 block_frames: int = 1 << 20) -> Iterator[np.ndarray]:
+    """The file as mono float32 blocks at `sr` Hz, read and resampled piece by piece (soxr's
+    streaming resampler): the samples, joined, equal `load_audio`'s (tested). Formats that
+    libsndfile cannot read are loaded whole."""
+    import soundfile
+
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory, not an audio file")
+    try:
+        rate = soundfile.info(str(path)).samplerate
+        blocks = soundfile.blocks(str(path), blocksize=block_frames, dtype="float32",
+                                  always_2d=True)
+    except Exception:
+        yield load_audio(path, sr)
+        return
+    resampler = None
+    if rate != sr:
+        import soxr
+
+        resampler = soxr.ResampleStream(rate, sr, 1, dtype="float32", quality="HQ")
+    pending = None  # one block behind, so the resampler knows which block is the last
+    for block in blocks:
+        if pending is not None:
+            yield _mono(pending) if resampler is None else resampler.resample_chunk(
+                _mono(pending))
+        pending = block
+    if pending is None:
+        raise AudioError(f"{path}: contains no audio samples")
+    last = _mono(pending)
+    yield last if resampler is None else resampler.resample_chunk(last, last=True)
+
+
+def sample_count(path: str | Path, sr: int = SAMPLE_RATE) -> int:
+    """How many samples at `sr` Hz the file holds (from its header when libsndfile reads it)."""
+    import soundfile
+
+    try:
+        info = soundfile.info(str(path))
+        return round(info.frames * sr / info.samplerate)
+    except Exception:
+        return len(load_audio(path, sr))
+
+
+def file_is_silent(path: str | Path) -> bool:
+    """`is_silent` over a file read in blocks (no whole-file array)."""
+    return all(is_silent(block) for block in stream_audio(path))
+
+
+def _mono(block: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(block.mean(axis=1) if block.shape[1] > 1 else block[:, 0])
+
+
+class LogMelStream:
+    """Whisper's log-mel of an audio file (with `padding` zero samples after it), made window
+    by window: the 16 kHz samples go to a temporary file in a first pass, which also finds the
+    maximum that Whisper's clamp needs (8 below the whole file's maximum); `mel[:, a:b]` then
+    computes the blocks it needs (STFT_BLOCK frames, the blocks `log_mel_spectrogram` uses).
+    Memory stays at a few blocks however long the file is, and every frame equals
+    `log_mel_spectrogram(load_audio(path), n_mels, padding)`'s (tested).
+    """
+
+    def __init__(self, path: str | Path, n_mels: int = 80, padding: int = 0):
+        import tempfile
+
+        self.n_mels = n_mels
+        self._samples = tempfile.TemporaryFile()
+        self.n_samples, self.peak = 0, 0.0
+        for block in stream_audio(path):
+            self._samples.write(np.asarray(block, np.float32).tobytes())
+            self.n_samples += len(block)
+            if len(block):
+                self.peak = max(self.peak, float(np.max(np.abs(block))))
+        if self.n_samples == 0:
+            raise AudioError(f"{path}: contains no audio samples")
+        # the signal: the samples, `padding` zeros, and as many more as the STFT needs
+        self.length = max(self.n_samples + padding, N_FFT // 2 + 1)
+        self.n_frames = self.length // HOP_LENGTH
+        self._blocks: dict[int, np.ndarray] = {}
+        self.max = max(self._log_block(b).max()
+                       for b in range(-(-self.n_frames // STFT_BLOCK)))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n_mels, self.n_frames)
+
+    def __getitem__(self, key) -> np.ndarray:
+        rows, frames = key if isinstance(key, tuple) and len(key) == 2 else (None, None)
+        if rows != slice(None) or not isinstance(frames, slice) or frames.step not in (None, 1):
+            raise IndexError("a LogMelStream gives mel[:, start:stop]")
+        start, stop, _ = frames.indices(self.n_frames)
+        if stop <= start:
+            return np.zeros((self.n_mels, 0), np.float32)
+        first, last = start // STFT_BLOCK, (stop - 1) // STFT_BLOCK
+        raw = np.concatenate([self._log_block(b) for b in range(first, last + 1)], axis=1)
+        offset = first * STFT_BLOCK
+        return _clamp_and_scale(raw[:, start - offset:stop - offset], self.max)
+
+    def _log_block(self, index: int) -> np.ndarray:
+        if index not in self._blocks:
+            if len(self._blocks) >= 3:  # a window spans at most three blocks
+                self._blocks.pop(next(iter(self._blocks)))
+            start = index * STFT_BLOCK
+            count = min(STFT_BLOCK, self.n_frames - start)
+            # the centred STFT's frame f is padded[f*HOP : f*HOP + N_FFT], padded being the
+            # signal reflected by N_FFT/2 at both ends
+            padded = self._padded(start * HOP_LENGTH, (start + count - 1) * HOP_LENGTH + N_FFT)
+            frames = np.lib.stride_tricks.as_strided(
+                padded, shape=(count, N_FFT), strides=(padded.strides[0] * HOP_LENGTH,
+                                                       padded.strides[0]))
+            self._blocks[index] = _log_power(frames, self.n_mels)
+        return self._blocks[index]
+
+    def _padded(self, start: int, stop: int) -> np.ndarray:
+        """padded[start:stop], padded = np.pad(signal, N_FFT // 2, mode="reflect")."""
+        half, last = N_FFT // 2, self.length - 1
+        index = np.arange(start, stop) - half
+        index = np.abs(index)  # reflect at the start: signal[-i] -> signal[i]
+        index = np.where(index > last, 2 * last - index, index)  # and at the end
+        low, high = int(index.min()), int(index.max()) + 1
+        window = np.zeros(high - low, np.float32)
+        have = min(high, self.n_samples) - low  # beyond the samples: the zero padding
+        if have > 0:
+            self._samples.seek(low * 4)
+            window[:have] = np.frombuffer(self._samples.read(have * 4), np.float32)
+        return window[index - low]
+
+    def close(self) -> None:
+        self._samples.close()
 
 
 def wav_bytes(samples: np.ndarray) -> bytes:

@@ -163,7 +163,9 @@ def worker(spec: dict) -> None:
                 record["prefill_ms"] = 1000 * stats.prefill_s / max(stats.prefills, 1)
                 if stats.alignments:  # word timestamps: the alignment graph, once a window
                     record["alignment_ms_per_window"] = 1000 * stats.align_s / stats.alignments
-                record["decoder_mb_per_step"] = model.decoder_bytes_per_step(beam) / 1e6
+                rows = batch or beam  # a batch step: one row per chunk, each its own window
+                record["decoder_mb_per_step"] = model.decoder_bytes_per_step(
+                    rows, windows=batch or 1) / 1e6
                 record["kernels"] = sorted(model.kernels)
                 record["compile"] = {k: list(v) for k, v in engine.model.report.entries.items()}
             print(json.dumps(record), flush=True)

@@ -143,14 +143,17 @@ def transcribe_options(args):
 
 
 def run_transcribe(args) -> int:
-    from .audio import is_silent, load_audio
+    from .audio import file_is_silent, is_silent, load_audio
     from .engines import load_engine
     from .outputs import SubtitleOptions, write_outputs
 
+    # the MAX engine's sequential mode reads a path in blocks (bounded memory for long files);
+    # every other mode takes the samples
+    streamed = args.engine == "max" and not (args.batch_size or args.vad or args.vad_filter)
     audios = []
     for name in args.audio:  # check every input before the (slow) model load
-        audio = load_audio(name)
-        if is_silent(audio):
+        audio = Path(name) if streamed else load_audio(name)
+        if file_is_silent(name) if streamed else is_silent(audio):
             raise AudioError(f"{name}: audio is silent, nothing to transcribe")
         audios.append((Path(name), audio))
     subtitles = SubtitleOptions(args.highlight_words, args.max_line_width, args.max_line_count,

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import difflib
 import html
+import io
 import tempfile
 from pathlib import Path
 
-from .audio import is_silent, load_audio, wav_bytes
+import numpy as np
+
+from .audio import SAMPLE_RATE, is_silent, load_audio, wav_bytes
 from .engines import ENGINES, MaxEngine
 from .errors import AudioError, MaxWhisperError
 from .results import TranscribeOptions, Transcription
@@ -34,8 +37,9 @@ def available_clips() -> dict[str, Path]:
 
 def transcribe_file(path: str | Path, model: str = "tiny.en", engine: str = "max",
                     beam_size: int = 1, device: str = "auto",
-                    word_timestamps: bool = False) -> Transcription:
-    """Transcribe one file with one engine; MAX in-process, baselines in a worker process."""
+                    word_timestamps: bool = False, vad: bool = False) -> Transcription:
+    """Transcribe one file with one engine; MAX in-process, baselines in a worker process.
+    `vad`: the VAD gate (noise and tones give no text; speech keeps its text)."""
     samples = load_audio(path)
     if is_silent(samples):
         raise AudioError(f"{Path(path).name}: audio is silent, nothing to transcribe")
@@ -44,10 +48,12 @@ def transcribe_file(path: str | Path, model: str = "tiny.en", engine: str = "max
         if key not in _engines:
             _engines[key] = MaxEngine(model, device=device)
         return _engines[key].transcribe(samples, TranscribeOptions(
-            beam_size=beam_size, word_timestamps=word_timestamps))
+            beam_size=beam_size, word_timestamps=word_timestamps, vad=vad))
     from .compare import run_engine
 
     options = {"word_timestamps": True} if word_timestamps else {}
+    if vad:
+        options["vad"] = True
     record = run_engine(engine, [path], model, beam_size=beam_size, **options)[0]
     record.pop("audio", None)
     record.pop("modules", None)
@@ -93,6 +99,28 @@ def report_html(path: str | Path, result: Transcription,
     return "\n".join(out)
 
 
+def speech_regions_png(samples: np.ndarray) -> bytes:
+    """The waveform with the speech Silero VAD finds shaded, as a PNG."""
+    from matplotlib.figure import Figure
+
+    from .vad import speech_timestamps
+
+    figure = Figure(figsize=(9, 1.6))
+    axes = figure.subplots()
+    step = max(1, len(samples) // 20000)  # a few thousand points draw the same picture
+    axes.plot(np.arange(0, len(samples), step) / SAMPLE_RATE, samples[::step], lw=0.4,
+              color="#555")
+    for region in speech_timestamps(samples):
+        axes.axvspan(region["start"] / SAMPLE_RATE, region["end"] / SAMPLE_RATE,
+                     color="tab:green", alpha=0.3, lw=0)
+    axes.set_xlim(0, len(samples) / SAMPLE_RATE)
+    axes.set_yticks([])
+    axes.set_xlabel("seconds (green: speech, Silero VAD)")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight", dpi=90)
+    return buffer.getvalue()
+
+
 def build_app(model: str = "tiny.en", engine: str = "max", beam_size: int = 1,
               device: str = "auto", compare: bool = True):
     """The ipywidgets app: clip (or upload), player, model, engine, beam, device, Transcribe."""
@@ -107,6 +135,8 @@ def build_app(model: str = "tiny.en", engine: str = "max", beam_size: int = 1,
     device_box = w.Dropdown(options=["auto", "cpu", "gpu"], value=device, description="Device")
     compare_box = w.Checkbox(value=compare, description="Compare with the other engines")
     words_box = w.Checkbox(value=True, description="Word timestamps (words follow the audio)")
+    vad_box = w.Checkbox(value=False, description="VAD (no text from noise; speech shaded)")
+    regions = w.Image(format="png")  # the waveform with the speech regions, when VAD is on
     button = w.Button(description="Transcribe", button_style="primary", icon="play")
     # an Audio widget rather than an Output widget: no output capture, which can hang headless
     player = w.Audio(format="wav", autoplay=False, controls=True)
@@ -127,7 +157,10 @@ def build_app(model: str = "tiny.en", engine: str = "max", beam_size: int = 1,
     def show_player(*_):
         try:
             state["path"] = selected_path()
-            player.value = wav_bytes(load_audio(state["path"]))
+            samples = load_audio(state["path"])
+            player.value = wav_bytes(samples)
+            regions.value = speech_regions_png(samples) if vad_box.value else b""
+            regions.layout.display = None if vad_box.value else "none"
             player_error.value = ""
         except MaxWhisperError as error:
             state["path"] = None
@@ -139,14 +172,15 @@ def build_app(model: str = "tiny.en", engine: str = "max", beam_size: int = 1,
         try:
             path = state["path"] or selected_path()
             result = transcribe_file(path, model_box.value, engine_box.value, beam_box.value,
-                                     device_box.value, words_box.value)
+                                     device_box.value, words_box.value, vad_box.value)
             others = {}
             if compare_box.value:
                 for other in ENGINES:
                     if other != engine_box.value:
                         status.value = f"<i>running {other} for comparison...</i>"
                         others[other] = transcribe_file(path, model_box.value, other,
-                                                        beam_box.value, device_box.value)
+                                                        beam_box.value, device_box.value,
+                                                        vad=vad_box.value)
             result_area.value = report_html(path, result, others)
             words_area.children = ([word_player(load_audio(path), result.segments)]
                                    if words_box.value else [])
@@ -158,11 +192,12 @@ def build_app(model: str = "tiny.en", engine: str = "max", beam_size: int = 1,
 
     clip.observe(show_player, names="value")
     upload.observe(show_player, names="value")
+    vad_box.observe(show_player, names="value")
     button.on_click(on_transcribe)
     show_player()
-    controls = w.VBox([w.HBox([clip, upload]), player, player_error,
+    controls = w.VBox([w.HBox([clip, upload]), player, regions, player_error,
                        w.HBox([model_box, engine_box]), w.HBox([beam_box, device_box]),
-                       w.HBox([compare_box, words_box]), button, status, result_area,
+                       w.HBox([compare_box, words_box, vad_box]), button, status, result_area,
                        words_area])
     controls.transcribe_button = button  # for scripted use
     return controls

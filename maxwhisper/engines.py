@@ -10,6 +10,7 @@ MAX engine never imports torch, whisper or faster_whisper.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -34,18 +35,28 @@ class MaxEngine:
                                      verbose=verbose)
         self.load_seconds = time.perf_counter() - start
 
-    def transcribe(self, audio: np.ndarray, options: TranscribeOptions = TranscribeOptions(),
+    def transcribe(self, audio: np.ndarray | str | Path,
+                   options: TranscribeOptions = TranscribeOptions(),
                    progress: bool | None = None) -> Transcription:
+        """`audio`: 16 kHz samples, or a path (read in blocks: memory stays bounded for hours
+        of audio in the sequential mode)."""
+        from .audio import load_audio, sample_count
         from .transcribe import transcribe, transcribe_batched
 
         start = time.perf_counter()
+        if isinstance(audio, (str, Path)):
+            samples = sample_count(audio)
+            if options.batch_size or options.vad or options.vad_filter:
+                audio = load_audio(audio)  # the VAD needs the whole signal
+        else:
+            samples = len(audio)
         if options.batch_size:
             result = transcribe_batched(
                 self.model, audio, batch_size=options.batch_size, beam_size=options.beams,
                 temperature=options.temperature, without_timestamps=options.without_timestamps,
                 initial_prompt=options.initial_prompt, word_timestamps=options.word_timestamps,
                 language=options.language, task=options.task, progress=progress)
-            return from_whisper_result(result, self.name, self.model_name, options, len(audio),
+            return from_whisper_result(result, self.name, self.model_name, options, samples,
                                        self.load_seconds, time.perf_counter() - start)
         result = transcribe(self.model, audio, temperature=options.temperature,
                             beam_size=options.beams, best_of=options.best_of,
@@ -59,7 +70,7 @@ class MaxEngine:
                             hallucination_silence_threshold=options.hallucination_silence_threshold,
                             vad=options.vad, vad_filter=options.vad_filter,
                             progress=progress)
-        return from_whisper_result(result, self.name, self.model_name, options, len(audio),
+        return from_whisper_result(result, self.name, self.model_name, options, samples,
                                    self.load_seconds, time.perf_counter() - start)
 
 

@@ -396,10 +396,10 @@ class MaxWhisperModel:
     def _cross(self, features: AudioFeatures) -> tuple[Buffer, Buffer]:
         return features.cross_on(self.driver_device)
 
-    def decoder_bytes_per_step(self, batch: int = 1) -> int:
+    def decoder_bytes_per_step(self, batch: int = 1, windows: int = 1) -> int:
         """The bytes one decoding step of `batch` rows reads at least: every decoder weight in
         the dtype the graph holds it in (but only `batch` rows of the token and position
-        lookup tables) and the window's cross-attention K/V; plus the whole self-attention
+        lookup tables) and the `windows` windows' cross-attention K/V; plus the whole self-attention
         cache when MAX's ops read it (all n_text_ctx slots, masked). With the self-attention
         kernel only the filled slots are read, a number that grows through a window (up to
         the whole cache); it is left out. The floor a step's time is measured against."""
@@ -409,7 +409,7 @@ class MaxWhisperModel:
         tables = {"decoder.token_embedding.weight", "decoder.positional_embedding"}
         weights = sum(array.nbytes for name, array in self._registries["decoder"].items()
                       if name.removesuffix(".float16") not in tables)
-        cross = 2 * d.n_text_layer * d.n_audio_ctx * d.n_text_state * 4
+        cross = 2 * d.n_text_layer * d.n_audio_ctx * d.n_text_state * 4 * windows
         cache = 0 if "self_attention" in self.kernels else (
             2 * d.n_text_layer * batch * d.n_text_ctx * d.n_text_state * 4)
         return weights + cross + cache

@@ -24,6 +24,7 @@ from .audio import (
     N_FRAMES,
     N_SAMPLES,
     SAMPLE_RATE,
+    LogMelStream,
     load_audio,
     log_mel_spectrogram,
     pad_or_trim,
@@ -108,7 +109,24 @@ def transcribe(
     that meet speech are kept (so speech keeps exactly its text). `vad_filter`: faster-whisper's
     `vad_filter`, only the speech regions one after the other, times mapped back to the file
     (faster on long silences; the text can differ from the whole audio's where a cut falls).
+    A path is read in blocks and its log-mel made window by window (`LogMelStream`: the same
+    numbers, memory bounded however long the file is); with `vad` or `vad_filter` it is loaded.
     """
+    loop_options = dict(
+        verbose=verbose, temperature=temperature,
+        compression_ratio_threshold=compression_ratio_threshold,
+        logprob_threshold=logprob_threshold, no_speech_threshold=no_speech_threshold,
+        condition_on_previous_text=condition_on_previous_text, initial_prompt=initial_prompt,
+        carry_initial_prompt=carry_initial_prompt, word_timestamps=word_timestamps,
+        prepend_punctuations=prepend_punctuations, append_punctuations=append_punctuations,
+        hallucination_silence_threshold=hallucination_silence_threshold, progress=progress,
+        **decode_options)
+    if isinstance(audio, (str, Path)) and not (vad or vad_filter):
+        mel = LogMelStream(audio, model.dims.n_mels, padding=N_SAMPLES)
+        try:
+            return _seek_loop(model, mel, clip_timestamps=clip_timestamps, **loop_options)
+        finally:
+            mel.close()
     if isinstance(audio, (str, Path)):
         audio = load_audio(audio)
     audio = np.asarray(audio, dtype=np.float32)
@@ -117,15 +135,7 @@ def transcribe(
     if vad or vad_filter:
         if clip_timestamps not in ("0", [0], [0.0]):
             raise ValueError("VAD and clip_timestamps both choose what to transcribe; use one")
-        rerun = partial(
-            transcribe, model, verbose=verbose, temperature=temperature,
-            compression_ratio_threshold=compression_ratio_threshold,
-            logprob_threshold=logprob_threshold, no_speech_threshold=no_speech_threshold,
-            condition_on_previous_text=condition_on_previous_text, initial_prompt=initial_prompt,
-            carry_initial_prompt=carry_initial_prompt, word_timestamps=word_timestamps,
-            prepend_punctuations=prepend_punctuations, append_punctuations=append_punctuations,
-            hallucination_silence_threshold=hallucination_silence_threshold, progress=progress,
-            **decode_options)
+        rerun = partial(transcribe, model, **loop_options)
         no_speech_language = decode_options.get("language") or (
             None if model.dims.is_multilingual else "en")
         choice = vad_filter or vad
@@ -141,9 +151,19 @@ def transcribe(
         result["segments"] = segments_in_speech(result["segments"], regions)
         result["text"] = "".join(segment["text"] for segment in result["segments"])
         return result
+    mel = log_mel_spectrogram(audio, model.dims.n_mels, padding=N_SAMPLES)
+    return _seek_loop(model, mel, clip_timestamps=clip_timestamps, **loop_options)
+
+
+def _seek_loop(model, mel, *, verbose, temperature, compression_ratio_threshold,
+               logprob_threshold, no_speech_threshold, condition_on_previous_text,
+               initial_prompt, carry_initial_prompt, word_timestamps, prepend_punctuations,
+               append_punctuations, hallucination_silence_threshold, clip_timestamps, progress,
+               **decode_options) -> dict:
+    """openai-whisper's loop over 30-s windows of `mel` (an array, or a `LogMelStream` that
+    computes the frames a window needs), with `transcribe`'s arguments."""
     dims = model.dims
     options = DecodingOptions(**decode_options)
-    mel = log_mel_spectrogram(audio, dims.n_mels, padding=N_SAMPLES)
     content_frames = mel.shape[-1] - N_FRAMES
 
     language = options.language
@@ -151,7 +171,7 @@ def transcribe(
         if not dims.is_multilingual:
             language = "en"
         else:
-            features = model.encode(pad_or_trim(mel, N_FRAMES)[None])
+            features = model.encode(pad_or_trim(mel[:, :N_FRAMES], N_FRAMES)[None])
             probe = get_tokenizer(True, num_languages=dims.num_languages)
             language, _ = detect_language(model, features, probe)
             if verbose is not None:

@@ -116,3 +116,14 @@ def test_load_model_takes_openai_whispers_arguments(tmp_path):
     model = whisper.load_model("tiny.en", device=None, download_root=str(tmp_path),
                                in_memory=True, verbose=False)
     assert model.weights.name == "tiny.en" and model.device == "cpu"
+
+
+def test_a_path_is_read_in_blocks_with_the_same_tokens(longform):
+    """transcribe(path) makes its log-mel window by window (bounded memory) and gives the
+    tokens transcribe(samples) gives."""
+    model = max_model("tiny.en")
+    streamed = model.transcribe(str(longform.path), temperature=0.0)
+    loaded = model.transcribe(whisper.load_audio(longform.path), temperature=0.0)
+    assert [s["tokens"] for s in streamed["segments"]] == [s["tokens"] for s in
+                                                          loaded["segments"]]
+    assert [s["start"] for s in streamed["segments"]] == [s["start"] for s in loaded["segments"]]

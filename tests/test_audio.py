@@ -70,3 +70,41 @@ def test_bad_audio_gives_clear_errors(tmp_path):
         A.load_audio(empty)
     assert A.is_silent(np.zeros(16000, dtype=np.float32))
     assert not A.is_silent(np.full(16000, 0.1, dtype=np.float32))
+
+
+def _stereo_44k(tmp_path):
+    path = tmp_path / "stereo.flac"
+    rng = np.random.default_rng(1)
+    soundfile.write(path, (rng.standard_normal((44100 * 7 + 123, 2)) * 0.1).astype(np.float32),
+                    44100)
+    return path
+
+
+def test_streamed_samples_equal_the_whole_file_read(tmp_path, speech_clips):
+    """Read and resampled in blocks (any block size), the samples equal `load_audio`'s."""
+    for path in (_stereo_44k(tmp_path), speech_clips[0].path):
+        whole = A.load_audio(path)
+        for block_frames in (1000, 65536):
+            streamed = np.concatenate(list(A.stream_audio(path, block_frames=block_frames)))
+            assert np.array_equal(streamed, whole), (path, block_frames)
+        assert A.sample_count(path) == len(whole)
+
+
+def test_streamed_log_mel_equals_the_whole_file_log_mel(tmp_path, speech_clips):
+    """Window by window from a file read in blocks, the log-mel equals the whole file's, frame
+    for frame (the clamp uses the whole file's maximum, found in a first pass)."""
+    tiny = tmp_path / "tiny.wav"
+    soundfile.write(tiny, np.full(100, 0.05, np.float32), 16000)
+    paths = [c.path for c in speech_clips] + [_stereo_44k(tmp_path), tiny]
+    for path in paths:
+        for padding in (A.N_SAMPLES, 0):
+            whole = A.log_mel_spectrogram(A.load_audio(path), padding=padding)
+            stream = A.LogMelStream(path, padding=padding)
+            assert stream.shape == whole.shape, path
+            pieces = [stream[:, a:a + 1234] for a in range(0, stream.n_frames, 1234)]
+            assert np.array_equal(np.concatenate(pieces, axis=1), whole), (path, padding)
+            window = slice(2999, 5999)  # a window across block edges, after others
+            assert np.array_equal(stream[:, window], whole[:, window]), path
+            stream.close()
+    with pytest.raises(IndexError):
+        A.LogMelStream(tiny)[0]
