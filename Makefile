@@ -51,6 +51,9 @@ bench: setup compile
 	$(VENV)/bin/maxwhisper bench $(SPEECH)/ljspeech_longform_229s.flac $(SPEECH)/jfk.wav \
 		--engines max,openai,faster-fp32,faster-int8 --beam-size 1,5 --repeat 3 \
 		--json build/bench.json
+	$(VENV)/bin/maxwhisper bench $(SPEECH)/ljspeech_longform_229s.flac \
+		--engines max,faster-fp32 --batch-size 0,8 --without-timestamps --repeat 3 \
+		--json build/bench-batched.json
 
 clean:
 	rm -rf build weights/*.npz weights/ct2-*

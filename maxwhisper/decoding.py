@@ -387,13 +387,29 @@ def _sampled(row: np.ndarray, setup: DecodingSetup) -> list[int]:
     return row[: int(ends[0]) if len(ends) else len(row)].tolist()
 
 
+def _sample(model: WhisperEngine, features, cache, setup: DecodingSetup, selector,
+            tokens: np.ndarray, sum_logprobs: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """From the prompt's last logits: filter, pick, run the picked tokens, until every row has
+    ended or the text context is full. Returns the tokens, prompt included."""
+    for step in range(setup.sample_len):
+        if step > 0:
+            logits = model.decode_step(tokens[:, -1:], features, cache, positions=[-1])[:, -1]
+        logits = np.array(logits, dtype=np.float32)
+        for logit_filter in setup.filters:
+            logit_filter.apply(logits, tokens)
+        tokens, completed = selector.update(tokens, logits, sum_logprobs, cache)
+        if completed or tokens.shape[-1] > model.dims.n_text_ctx:
+            break
+    return tokens
+
+
 def decode(model: WhisperEngine, mel: np.ndarray, options: DecodingOptions = DecodingOptions(),
            features=None) -> DecodingResult:
     """Decode one (n_mels, 3000) window; `features` skips the encoder when already computed."""
     if features is None:
         features = model.encode(mel[None] if mel.ndim == 2 else mel)
     setup = decoding_setup(model, options, features)
-    tokenizer, n_ctx = setup.tokenizer, model.dims.n_text_ctx
+    tokenizer = setup.tokenizer
 
     if options.beam_size is not None:
         n_group = options.beam_size
@@ -405,24 +421,15 @@ def decode(model: WhisperEngine, mel: np.ndarray, options: DecodingOptions = Dec
     cache = model.new_cache(1)
     tokens = np.tile(np.array(setup.initial, dtype=np.int64), (n_group, 1))
     sum_logprobs = np.zeros(n_group, dtype=np.float32)
-    no_speech_prob = float("nan")
-    for step in range(setup.sample_len):
-        if step == 0:  # the whole prompt; logits at <|startoftranscript|> and at the end
-            # every row (beam or sample) starts from the same prompt: run it once and give
-            # each row a copy of its keys and values, instead of n_group identical prefills
-            logits = model.decode_step(tokens[:1], features, cache,
-                                       positions=[setup.sot_index, -1])
-            no_speech_prob = float(np.exp(log_softmax(logits[0, 0]))[tokenizer.no_speech])
-            if n_group > 1:
-                cache, logits = cache.repeated(n_group), np.repeat(logits, n_group, axis=0)
-        else:
-            logits = model.decode_step(tokens[:, -1:], features, cache, positions=[-1])
-        logits = np.array(logits[:, -1], dtype=np.float32)
-        for logit_filter in setup.filters:
-            logit_filter.apply(logits, tokens)
-        tokens, completed = selector.update(tokens, logits, sum_logprobs, cache)
-        if completed or tokens.shape[-1] > n_ctx:
-            break
+    # the whole prompt, once: every row (beam or sample) starts from it and gets a copy of its
+    # keys and values, instead of n_group identical prefills; logits at <|startoftranscript|>
+    # (the no-speech probability) and at the end
+    logits = model.decode_step(tokens[:1], features, cache, positions=[setup.sot_index, -1])
+    no_speech_prob = float(np.exp(log_softmax(logits[0, 0]))[tokenizer.no_speech])
+    if n_group > 1:
+        cache, logits = cache.repeated(n_group), np.repeat(logits, n_group, axis=0)
+    tokens = _sample(model, features, cache, setup, selector, tokens, sum_logprobs,
+                     logits[:, -1])
 
     candidates, candidate_logprobs = selector.finalize(tokens, sum_logprobs)
     texts = [_sampled(c, setup) for c in candidates[0]]
@@ -440,23 +447,14 @@ def decode_batch(model: WhisperEngine, features, options: DecodingOptions = Deco
         raise ValueError("decode_batch is greedy: decode beams window by window with `decode`")
     setup = decoding_setup(model, options, features.window(0) if features.windows > 1
                            else features)
-    tokenizer, n_ctx, rows = setup.tokenizer, model.dims.n_text_ctx, features.windows
+    tokenizer, rows = setup.tokenizer, features.windows
     selector = GreedyDecoder(options.temperature, tokenizer.eot, options.seed)
     cache = model.new_cache(rows)
     tokens = np.tile(np.array(setup.initial, dtype=np.int64), (rows, 1))
     sum_logprobs = np.zeros(rows, dtype=np.float32)
-    no_speech_probs = np.full(rows, np.nan)
-    for step in range(setup.sample_len):
-        if step == 0:
-            logits = model.decode_step(tokens, features, cache, positions=[setup.sot_index, -1])
-            no_speech_probs = np.exp(log_softmax(logits[:, 0]))[:, tokenizer.no_speech]
-        else:
-            logits = model.decode_step(tokens[:, -1:], features, cache, positions=[-1])
-        logits = np.array(logits[:, -1], dtype=np.float32)
-        for logit_filter in setup.filters:
-            logit_filter.apply(logits, tokens)
-        tokens, completed = selector.update(tokens, logits, sum_logprobs, cache)
-        if completed or tokens.shape[-1] > n_ctx:
-            break
+    logits = model.decode_step(tokens, features, cache, positions=[setup.sot_index, -1])
+    no_speech_probs = np.exp(log_softmax(logits[:, 0]))[:, tokenizer.no_speech]
+    tokens = _sample(model, features, cache, setup, selector, tokens, sum_logprobs,
+                     logits[:, -1])
     return [_result(setup, options, _sampled(tokens[i], setup), float(sum_logprobs[i]),
                     float(no_speech_probs[i])) for i in range(rows)]
