@@ -228,9 +228,42 @@ def _mono(block: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(block.mean(axis=1) if block.shape[1] > 1 else block[:, 0])
 
 
+class AudioSpool:
+    """A file's 16 kHz samples in a temporary file, written block by block as `stream_audio`
+    reads them (`on_block` sees each block on the way, e.g. a VAD), then read back by range:
+    memory stays at a block however long the file is."""
+
+    def __init__(self, path: str | Path, on_block=None):
+        import tempfile
+
+        self._file = tempfile.TemporaryFile()
+        self.n_samples, self.peak = 0, 0.0
+        for block in stream_audio(path):
+            block = np.asarray(block, np.float32)
+            self._file.write(block.tobytes())
+            self.n_samples += len(block)
+            if len(block):
+                self.peak = max(self.peak, float(np.max(np.abs(block))))
+            if on_block is not None:
+                on_block(block)
+        if self.n_samples == 0:
+            raise AudioError(f"{path}: contains no audio samples")
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Samples [start, stop) (clipped to the file)."""
+        start, stop = max(0, start), min(stop, self.n_samples)
+        if stop <= start:
+            return np.zeros(0, np.float32)
+        self._file.seek(start * 4)
+        return np.frombuffer(self._file.read((stop - start) * 4), np.float32).copy()
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class LogMelStream:
     """Whisper's log-mel of an audio file (with `padding` zero samples after it), made window
-    by window: the 16 kHz samples go to a temporary file in a first pass, which also finds the
+    by window: the 16 kHz samples go to an `AudioSpool` in a first pass, which also finds the
     maximum that Whisper's clamp needs (8 below the whole file's maximum); `mel[:, a:b]` then
     computes the blocks it needs (STFT_BLOCK frames, the blocks `log_mel_spectrogram` uses).
     Memory stays at a few blocks however long the file is, and every frame equals
@@ -238,18 +271,9 @@ class LogMelStream:
     """
 
     def __init__(self, path: str | Path, n_mels: int = 80, padding: int = 0):
-        import tempfile
-
         self.n_mels = n_mels
-        self._samples = tempfile.TemporaryFile()
-        self.n_samples, self.peak = 0, 0.0
-        for block in stream_audio(path):
-            self._samples.write(np.asarray(block, np.float32).tobytes())
-            self.n_samples += len(block)
-            if len(block):
-                self.peak = max(self.peak, float(np.max(np.abs(block))))
-        if self.n_samples == 0:
-            raise AudioError(f"{path}: contains no audio samples")
+        self.spool = AudioSpool(path)
+        self.n_samples, self.peak = self.spool.n_samples, self.spool.peak
         # the signal: the samples, `padding` zeros, and as many more as the STFT needs
         self.length = max(self.n_samples + padding, N_FFT // 2 + 1)
         self.n_frames = self.length // HOP_LENGTH
@@ -295,15 +319,13 @@ class LogMelStream:
         index = np.abs(index)  # reflect at the start: signal[-i] -> signal[i]
         index = np.where(index > last, 2 * last - index, index)  # and at the end
         low, high = int(index.min()), int(index.max()) + 1
-        window = np.zeros(high - low, np.float32)
-        have = min(high, self.n_samples) - low  # beyond the samples: the zero padding
-        if have > 0:
-            self._samples.seek(low * 4)
-            window[:have] = np.frombuffer(self._samples.read(have * 4), np.float32)
+        window = np.zeros(high - low, np.float32)  # beyond the samples: the zero padding
+        samples = self.spool.read(low, high)
+        window[:len(samples)] = samples
         return window[index - low]
 
     def close(self) -> None:
-        self._samples.close()
+        self.spool.close()
 
 
 def wav_bytes(samples: np.ndarray) -> bytes:

@@ -147,9 +147,9 @@ def run_transcribe(args) -> int:
     from .engines import load_engine
     from .outputs import SubtitleOptions, write_outputs
 
-    # the MAX engine's sequential mode reads a path in blocks (bounded memory for long files);
-    # every other mode takes the samples
-    streamed = args.engine == "max" and not (args.batch_size or args.vad or args.vad_filter)
+    # the MAX engine reads a path in blocks (bounded memory for long files), sequential or
+    # batched; the VAD gate and filter, and the other engines, take the samples
+    streamed = args.engine == "max" and not (args.vad or args.vad_filter)
     audios = []
     for name in args.audio:  # check every input before the (slow) model load
         audio = Path(name) if streamed else load_audio(name)

@@ -46,8 +46,8 @@ class MaxEngine:
         start = time.perf_counter()
         if isinstance(audio, (str, Path)):
             samples = sample_count(audio)
-            if options.batch_size or options.vad or options.vad_filter:
-                audio = load_audio(audio)  # the VAD needs the whole signal
+            if options.vad or options.vad_filter:
+                audio = load_audio(audio)  # the gate and the filter take the whole signal
         else:
             samples = len(audio)
         if options.batch_size:

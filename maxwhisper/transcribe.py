@@ -24,6 +24,7 @@ from .audio import (
     N_FRAMES,
     N_SAMPLES,
     SAMPLE_RATE,
+    AudioSpool,
     LogMelStream,
     load_audio,
     log_mel_spectrogram,
@@ -35,9 +36,11 @@ from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, add_word_timestam
 from .tokenizer import LANGUAGES, get_tokenizer
 from .vad import (
     SpeechMap,
+    SpeechProbabilities,
     VadOptions,
     collect_speech,
     segments_in_speech,
+    speech_regions,
     speech_timestamps,
 )
 
@@ -325,17 +328,28 @@ def transcribe_batched(
     chunks at a time are encoded and decoded together, each chunk alone (no conditioning on
     earlier text, one temperature: the first of a schedule). Greedy decoding runs the batch's
     chunks as rows of one decoder batch, each attending to its own chunk; beam search decodes
-    them one after the other. Segment times are the file's. Returns `transcribe`'s dict."""
+    them one after the other. Segment times are the file's. Returns `transcribe`'s dict.
+    A path is read in blocks (the VAD fed on the way) into an `AudioSpool`, and each chunk is
+    read back when its batch comes: memory stays bounded however long the file is."""
     if word_timestamps:
         raise ValueError("word timestamps are not available in the batched mode yet; drop "
                          "--batch-size or --word-timestamps")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if isinstance(audio, (str, Path)):
-        audio = load_audio(audio)
-    audio = np.asarray(audio, dtype=np.float32)
-    if audio.size == 0:
-        raise AudioError("audio contains no samples")
+    if isinstance(audio, (str, Path)):  # read in blocks, the VAD fed on the way
+        stream = SpeechProbabilities()
+        probabilities: list[np.ndarray] = []
+        spool = AudioSpool(audio, on_block=lambda block: probabilities.append(stream.feed(block)))
+        probabilities.append(stream.finish())
+        regions = speech_regions(np.concatenate(probabilities), spool.n_samples, vad_options)
+        read = spool.read
+    else:
+        spool = None
+        samples = np.asarray(audio, dtype=np.float32)
+        if samples.size == 0:
+            raise AudioError("audio contains no samples")
+        regions = speech_timestamps(samples, vad_options)
+        read = lambda start, stop: samples[start:stop]  # noqa: E731
     dims = model.dims
     if not isinstance(temperature, (int, float)):
         temperature = temperature[0]
@@ -344,7 +358,6 @@ def transcribe_batched(
                               prompt=initial_prompt)
     if not dims.is_multilingual:
         options = replace(options, language="en")
-    regions = speech_timestamps(audio, vad_options)
     chunks = speech_chunks(regions)
     input_stride = N_FRAMES // dims.n_audio_ctx
     time_precision = input_stride * HOP_LENGTH / SAMPLE_RATE
@@ -354,17 +367,21 @@ def transcribe_batched(
         progress = sys.stderr.isatty()
     from tqdm import tqdm
 
-    # the work: (speech-time offset, samples); a chunk whose text stops at a timestamp well
-    # before its end goes back in the queue from that timestamp, as the seek loop would
-    # continue from there (faster-whisper's pipeline drops that speech: 10.65 % WER on the
-    # 229-s clip with timestamps against 5.78 % without)
-    queue: list[tuple[float, np.ndarray]] = []
+    # the work: (speech-time offset, the chunk's regions or its samples), read when its batch
+    # comes; a chunk whose text stops at a timestamp well before its end goes back in the
+    # queue from that timestamp, as the seek loop would continue from there (faster-whisper's
+    # pipeline drops that speech: 10.65 % WER on the 229-s clip with timestamps against 5.78 %
+    # without)
+    queue: list[tuple[float, list[dict] | np.ndarray]] = []
     for chunk in chunks:
-        queue.append((offset, collect_speech(audio, chunk)))
+        queue.append((offset, chunk))
         offset += sum(r["end"] - r["start"] for r in chunk) / SAMPLE_RATE
     bar = tqdm(total=round(offset, 1), unit="s", disable=not progress)
     while queue:
-        batch, queue = queue[:batch_size], queue[batch_size:]
+        batch = [(start, work if isinstance(work, np.ndarray) else
+                  np.concatenate([read(r["start"], r["end"]) for r in work]))
+                 for start, work in queue[:batch_size]]
+        queue = queue[batch_size:]
         # each chunk's log-mel alone, as faster-whisper's feature extractor makes it
         mels = np.stack([pad_or_trim(log_mel_spectrogram(piece, dims.n_mels,
                                                          padding=HOP_LENGTH)[:, :-1], N_FRAMES)
@@ -392,6 +409,8 @@ def transcribe_batched(
             else:
                 bar.update(round(duration, 1))
     bar.close()
+    if spool is not None:
+        spool.close()
     segments.sort(key=lambda s: s["start"])
     SpeechMap(regions).restore(segments)
     return {"text": "".join(s["text"] for s in segments),
