@@ -386,7 +386,7 @@ def transcribe_batched(
         mels = np.stack([pad_or_trim(log_mel_spectrogram(piece, dims.n_mels,
                                                          padding=HOP_LENGTH)[:, :-1], N_FRAMES)
                          for _, piece in batch])
-        features = model.encode(mels)
+        features = model.encode_windows(mels)
         if beam_size is None:
             results = decode_batch(model, features, options)
         else:
