@@ -349,18 +349,25 @@ class MaxWhisperModel:
         self.stats.windows += mel.shape[0]
         return features
 
-    def encode_windows(self, mel: np.ndarray) -> AudioFeatures:
+    def encode_windows(self, mel: np.ndarray, out: AudioFeatures | None = None
+                       ) -> AudioFeatures:
         """`encode`, one window at a time, the features joined as one batch: as fast per window
         as a batched call, while the encoder's scratch memory (its attention over 1500
-        positions) stays one window's (the batched mode's peak memory)."""
+        positions) stays one window's (the batched mode's peak memory). `out`, features of as
+        many windows from an earlier call that are no longer needed, is filled in place (a long
+        run then allocates its largest arrays once)."""
         mel = np.asarray(mel, dtype=np.float32)
         first = self.encode(mel[:1])
         if len(mel) == 1:
             return first
-        joined = AudioFeatures(*(np.empty((a.shape[0] * len(mel), *a.shape[1:]) if i == 0 else
-                                          (a.shape[0], len(mel), *a.shape[2:]), a.dtype)
-                                 for i, a in enumerate((first.audio, first.cross_keys,
-                                                        first.cross_values))))
+        if out is not None and out.windows == len(mel):
+            joined = out
+            joined._on_device.clear()  # device copies of the old values
+        else:
+            joined = AudioFeatures(*(np.empty((a.shape[0] * len(mel), *a.shape[1:]) if i == 0
+                                              else (a.shape[0], len(mel), *a.shape[2:]), a.dtype)
+                                     for i, a in enumerate((first.audio, first.cross_keys,
+                                                            first.cross_values))))
         for index in range(len(mel)):  # each window's arrays copied in, then let go
             part = first if index == 0 else self.encode(mel[index:index + 1])
             joined.audio[index] = part.audio[0]

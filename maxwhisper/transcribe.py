@@ -377,6 +377,7 @@ def transcribe_batched(
         queue.append((offset, chunk))
         offset += sum(r["end"] - r["start"] for r in chunk) / SAMPLE_RATE
     bar = tqdm(total=round(offset, 1), unit="s", disable=not progress)
+    features = None  # the last batch's, refilled by the next of the same size
     while queue:
         batch = [(start, work if isinstance(work, np.ndarray) else
                   np.concatenate([read(r["start"], r["end"]) for r in work]))
@@ -386,7 +387,7 @@ def transcribe_batched(
         mels = np.stack([pad_or_trim(log_mel_spectrogram(piece, dims.n_mels,
                                                          padding=HOP_LENGTH)[:, :-1], N_FRAMES)
                          for _, piece in batch])
-        features = model.encode_windows(mels)
+        features = model.encode_windows(mels, out=features)
         if beam_size is None:
             results = decode_batch(model, features, options)
         else:
