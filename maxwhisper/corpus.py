@@ -200,22 +200,27 @@ class CorpusWorker:
                                   verbose=False, threads=threads)
 
     def transcribe(self, file: CorpusFile, sha256: str | None) -> dict:
-        from .audio import SAMPLE_RATE, is_silent, load_audio
+        from .audio import SAMPLE_RATE, file_is_silent, is_silent, load_audio, sample_count
 
         record = {"path": file.path, "sha256": sha256, **_file_stamp(file.path),
                   "engine": self.settings.engine, "model": self.settings.model,
                   "options": self.settings.key()}
+        options = self.settings.options
+        # the MAX engine reads a path in blocks (bounded memory for hours of audio)
+        streamed = self.settings.engine == "max" and not (options.vad or options.vad_filter)
         start = time.perf_counter()
         try:
-            audio = load_audio(file.path)
+            audio = file.path if streamed else load_audio(file.path)
+            samples = sample_count(file.path) if streamed else len(audio)
+            silent = file_is_silent(file.path) if streamed else is_silent(audio)
         except Exception as exc:  # the run goes on; the line says why
             return {**record, "error": _one_line(exc)}
-        record["duration_s"] = round(len(audio) / SAMPLE_RATE, 3)
-        if is_silent(audio):  # nothing audible: no text, and nothing to retry either
+        record["duration_s"] = round(samples / SAMPLE_RATE, 3)
+        if silent:  # nothing audible: no text, and nothing to retry either
             return {**record, "language": None, "text": "", "segments": [], "silent": True,
                     "seconds": round(time.perf_counter() - start, 3)}
         try:
-            result = self.engine.transcribe(audio, self.settings.options, progress=False)
+            result = self.engine.transcribe(audio, options, progress=False)
         except Exception as exc:  # one file's failure is that file's error line, not the run's
             return {**record, "error": _one_line(exc)}
         return {**record, "language": result.language, "text": result.text,
