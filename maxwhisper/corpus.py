@@ -428,10 +428,9 @@ def run_corpus(files: list[CorpusFile], output: str | Path, settings: CorpusSett
     start = time.perf_counter()
     log = ResultLog(output, retry_errors)
     try:
-        jobs, known = _pending_jobs(files, log.lookup(settings), log.records)
+        jobs, known, total = _pending_jobs(files, log.lookup(settings), log.records)
         by_path = {f.path: f for f in files}
         summary = CorpusSummary(files=len(files), skipped=len(files) - len(jobs))
-        total = sum(audio_duration(f.path) for f, _ in jobs)
         bar = tqdm(total=round(total, 1), unit="s", desc="corpus",
                    disable=not jobs or (progress is False) or (progress is None
                                                                 and not sys.stderr.isatty()))
@@ -461,10 +460,11 @@ def run_corpus(files: list[CorpusFile], output: str | Path, settings: CorpusSett
 
 
 def _pending_jobs(files: list[CorpusFile], stored: dict[str, dict], records: list[dict]
-                  ) -> tuple[list[Job], dict]:
-    """The files without a stored result, longest first, with their hashes; and every file's
-    hash by path (None: unreadable). A file with the size and mtime of a stored record (any
-    options) keeps that record's hash instead of being read again."""
+                  ) -> tuple[list[Job], dict, float]:
+    """The files without a stored result, longest first, with their hashes; every file's hash
+    by path (None: unreadable); and the pending files' seconds of audio (from their headers,
+    read once). A file with the size and mtime of a stored record (any options) keeps that
+    record's hash instead of being read again."""
     stamped = {(r["path"], r.get("bytes"), r.get("mtime_ns")): r["sha256"] for r in records
                if r.get("sha256") and "bytes" in r}
     hashes: dict[str, str | None] = {}
@@ -478,8 +478,9 @@ def _pending_jobs(files: list[CorpusFile], stored: dict[str, dict], records: lis
             hashes[file.path] = None
         if (hashes[file.path] or file.path) not in stored:
             jobs.append((file, hashes[file.path]))
-    jobs.sort(key=lambda job: -audio_duration(job[0].path))
-    return jobs, hashes
+    seconds = {file.path: audio_duration(file.path) for file, _ in jobs}
+    jobs.sort(key=lambda job: -seconds[job[0].path])
+    return jobs, hashes, sum(seconds.values())
 
 
 def _summarise(summary: CorpusSummary, files: list[CorpusFile], stored: dict[str, dict],
