@@ -340,7 +340,13 @@ def grouped_cross_attention(q: TensorValue, k_t: TensorValue, v: TensorValue
                                                             width])
         return t.rebind([batch, n_head, length, width])
 
-    return per_row(weights @ v, hd), per_row(weights, positions)
+    # out = weights @ v, computed as (v^T @ weights^T)^T: the same sums, but not the
+    # matmul-softmax-matmul pattern that MAX 26.7's attention fusion matches and then rejects
+    # for these grouped reshapes ("MHA Pattern Detected unsafe reshapes/bcasts": the decoder
+    # graph without the cross-attention kernel, as on an accelerator, failed to compile)
+    out = ops.permute(ops.permute(v, [0, 1, 3, 2]) @ ops.permute(weights, [0, 1, 3, 2]),
+                      [0, 1, 3, 2])
+    return per_row(out, hd), per_row(weights, positions)
 
 
 def kernel_cross_attention(q: TensorValue, k_t: TensorValue, v: TensorValue, n_head: int
