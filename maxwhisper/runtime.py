@@ -4,8 +4,10 @@ Compiling a graph takes minutes on a small CPU, so every compiled graph is expor
 file under `settings.cache_dir()` and reloaded in milliseconds next time. The cache key is the
 graph's structure, not the weight values: weights are bound at `session.init` through the
 weights registry, so a fine-tuned checkpoint with the same dimensions reuses the compiled code.
-The key covers the model dimensions, dtype and numeric options, device, the `max` version and
-the source of the graph builders (so editing `model.py` invalidates stale entries).
+The key covers the model dimensions, dtype and numeric options, device, the `max` version, the
+Mojo kernels' source and the built graph itself (a digest of its IR text: any change to what
+the builders produce, an edit of `model.py` or a patched builder in an experiment, gets a
+compiled model of its own instead of a stale one).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
-from pathlib import Path
 
 import numpy as np
 from max import engine as max_engine
@@ -92,16 +93,18 @@ def default_kernels(weights: WhisperWeights, device: str, dtype: str) -> frozens
     return frozenset(name for name, ok in applies.items() if ok and kernel_allowed(name))
 
 
-def _source_hash() -> str:
-    graph_code = hashlib.sha256(Path(graph_model.__file__).read_bytes()).hexdigest()[:16]
-    return f"{graph_code}-{custom_ops.source_hash()}"
+def graph_digest(graph) -> str:
+    """A digest of a built graph's IR text (milliseconds; the same graph gives the same text)."""
+    return hashlib.sha256(str(graph).encode()).hexdigest()[:24]
 
 
 def cache_key(kind: str, dims: ModelDimensions, dtype: str, device: str,
-              kernels: frozenset[str] = frozenset(), float64_blocks: int = 0) -> str:
+              kernels: frozenset[str] = frozenset(), float64_blocks: int = 0,
+              graph: str = "") -> str:
+    """The compiled-model cache's key; `graph` is the built graph's `graph_digest`."""
     record = {"kind": kind, "dims": asdict(dims), "dtype": dtype, "device": device,
-              "max": metadata.version("max"), "source": _source_hash(),
-              "kernels": sorted(kernels), "float64_blocks": float64_blocks}
+              "max": metadata.version("max"), "kernel_source": custom_ops.source_hash(),
+              "kernels": sorted(kernels), "float64_blocks": float64_blocks, "graph": graph}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -119,7 +122,7 @@ def load_graph(session, builder, params: graph_model.Params, kind: str, device_l
     graph = builder(params)
     registry = params.registry()
     key = cache_key(kind, params.weights.dims, str(params.dtype), device_label,
-                    params.kernels, params.float64_blocks)
+                    params.kernels, params.float64_blocks, graph_digest(graph))
     path = cache_dir() / f"{kind}-{key}.mef"
     if path.is_file():
         try:

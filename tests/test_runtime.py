@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from maxwhisper.runtime import cache_key, default_float64_blocks, default_kernels
+from maxwhisper.runtime import cache_key, default_float64_blocks, default_kernels, graph_digest
 from maxwhisper.settings import KERNEL_SWITCHES, encoder_float64_blocks
 
 
@@ -33,6 +33,25 @@ def test_numeric_options_are_part_of_the_cache_key(tiny_weights):
         != cache_key("encoder", dims, "float32", "cpu", kernels=frozenset({"vocab"}))
     assert cache_key("encoder", dims, "float16", "cpu") != plain
     assert cache_key("encoder", dims, "float32", "cpu") == plain
+
+
+def test_the_built_graph_is_part_of_the_cache_key(tiny_weights, monkeypatch):
+    """A builder that produces another graph (an edited or patched `model.py`) gets its own
+    compiled model: the key holds a digest of the graph's IR, which is stable build to build."""
+    from max.graph import DeviceRef
+
+    from maxwhisper import model
+
+    def digest() -> str:
+        return graph_digest(model.build_encoder_graph(model.Params(tiny_weights, DeviceRef.CPU())))
+
+    built = digest()
+    assert digest() == built
+    monkeypatch.setattr(model, "LN_EPS", model.LN_EPS * 2)  # one constant of the graph changed
+    assert digest() != built
+    dims = tiny_weights.dims
+    assert cache_key("encoder", dims, "float32", "cpu", graph=built) \
+        != cache_key("encoder", dims, "float32", "cpu", graph=digest())
 
 
 def test_kernels_apply_to_released_weights_on_the_cpu_in_float32(monkeypatch, tiny_weights,
