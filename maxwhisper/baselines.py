@@ -108,11 +108,7 @@ class FasterWhisperEngine:
             clip_timestamps=options.clip_timestamps,
             hallucination_silence_threshold=options.hallucination_silence_threshold,
             vad_filter=options.vad_filter)
-        segments = [segment_dict(s.start, s.end, s.text, s.tokens, avg_logprob=s.avg_logprob,
-                                 no_speech_prob=s.no_speech_prob,
-                                 **({"words": [word_dict(w.word, w.start, w.end, w.probability)
-                                               for w in s.words]} if s.words is not None else {}))
-                    for s in segments_iter]
+        segments = [_segment(s) for s in segments_iter]
         if options.vad:  # the same gate as the MAX engine's
             segments = segments_in_speech(segments, speech_timestamps(audio))
         return self._transcription(segments, info.language, audio, options, start)
@@ -129,8 +125,7 @@ class FasterWhisperEngine:
             language=options.language, task=options.task,
             without_timestamps=options.without_timestamps, initial_prompt=options.initial_prompt,
             word_timestamps=options.word_timestamps)
-        segments = [segment_dict(s.start, s.end, s.text, s.tokens, avg_logprob=s.avg_logprob,
-                                 no_speech_prob=s.no_speech_prob) for s in segments_iter]
+        segments = [_segment(s) for s in segments_iter]
         return self._transcription(segments, info.language, audio, options, start)
 
     def _transcription(self, segments: list[dict], language: str, audio: np.ndarray,
@@ -140,3 +135,12 @@ class FasterWhisperEngine:
                              self.name, self.model_name, options.beam_size or 1,
                              len(audio) / SAMPLE_RATE,
                              {"load_s": self.load_seconds, "transcribe_s": seconds})
+
+
+def _segment(segment) -> dict:
+    """A faster-whisper `Segment` as our segment dict (with its words when it has them)."""
+    words = ({"words": [word_dict(w.word, w.start, w.end, w.probability) for w in segment.words]}
+             if segment.words is not None else {})
+    return segment_dict(segment.start, segment.end, segment.text, segment.tokens,
+                        avg_logprob=segment.avg_logprob, no_speech_prob=segment.no_speech_prob,
+                        **words)

@@ -131,9 +131,9 @@ def transcribe_options(args):
         raise MaxWhisperError(f"--beam-size must be at least 1, got {args.beam_size}")
     if args.batch_size is not None and args.batch_size < 1:
         raise MaxWhisperError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.batch_size and (args.vad_filter or args.word_timestamps):
-        raise MaxWhisperError("--batch-size always cuts at the VAD's speech regions and has no "
-                              "word timestamps yet: drop --vad-filter / --word-timestamps")
+    if args.batch_size and args.vad_filter:
+        raise MaxWhisperError("--batch-size always cuts at the VAD's speech regions: drop "
+                              "--vad-filter")
     return TranscribeOptions(
         beam_size=args.beam_size, language=args.language,
         temperature=temperature_schedule(args), task=args.task, best_of=args.best_of,

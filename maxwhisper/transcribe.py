@@ -4,11 +4,15 @@ Follows `whisper.transcribe.transcribe` so the segments match the reference: eac
 decoded (falling back to higher temperatures when the text is too repetitive or too unlikely),
 skipped when it is silence, split into segments at timestamp pairs, and the next window starts
 at the last complete timestamp. The previous text conditions the next window unless a window
-needed a temperature above 0.5. Word-level timestamps are not implemented.
+needed a temperature above 0.5. With `word_timestamps`, each window's words are timed from
+the alignment heads' cross-attention (`timing.py`).
+
+`transcribe_batched` is faster-whisper's batched pipeline instead: VAD chunks decoded N at a time.
 """
 
 from __future__ import annotations
 
+import bisect
 import sys
 import warnings
 from dataclasses import dataclass, replace
@@ -94,6 +98,7 @@ def transcribe(
     clip_timestamps: str | list[float] = "0",
     vad: bool | VadOptions = False,
     vad_filter: bool | VadOptions = False,
+    batch_size: int | None = None,
     progress: bool | None = None,
     **decode_options,
 ) -> dict:
@@ -114,7 +119,23 @@ def transcribe(
     (faster on long silences; the text can differ from the whole audio's where a cut falls).
     A path is read in blocks and its log-mel made window by window (`LogMelStream`: the same
     numbers, memory bounded however long the file is); with `vad` or `vad_filter` it is loaded.
+    `batch_size` N: the batched mode instead (`transcribe_batched`: VAD chunks decoded N at a
+    time, each alone, at the first temperature of the schedule; `vad` may give its VadOptions).
     """
+    if batch_size:
+        unsupported = {"vad_filter": bool(vad_filter), "carry_initial_prompt": carry_initial_prompt,
+                       "clip_timestamps": clip_timestamps not in ("0", [0], [0.0]),
+                       "hallucination_silence_threshold":
+                           hallucination_silence_threshold is not None}
+        if any(unsupported.values()):
+            names = ", ".join(name for name, used in unsupported.items() if used)
+            raise ValueError(f"the batched mode (batch_size) does not take {names}")
+        return transcribe_batched(
+            model, audio, batch_size=batch_size, temperature=temperature,
+            initial_prompt=initial_prompt, word_timestamps=word_timestamps,
+            prepend_punctuations=prepend_punctuations, append_punctuations=append_punctuations,
+            progress=progress, **({"vad_options": vad} if isinstance(vad, VadOptions) else {}),
+            **decode_options)
     loop_options = dict(
         verbose=verbose, temperature=temperature,
         compression_ratio_threshold=compression_ratio_threshold,
@@ -320,6 +341,8 @@ def transcribe_batched(
     initial_prompt: str | None = None,
     vad_options: VadOptions = BATCHED_VAD,
     word_timestamps: bool = False,
+    prepend_punctuations: str = PREPEND_PUNCTUATIONS,
+    append_punctuations: str = APPEND_PUNCTUATIONS,
     progress: bool | None = None,
     **decode_options,
 ) -> dict:
@@ -330,10 +353,9 @@ def transcribe_batched(
     chunks as rows of one decoder batch, each attending to its own chunk; beam search decodes
     them one after the other. Segment times are the file's. Returns `transcribe`'s dict.
     A path is read in blocks (the VAD fed on the way) into an `AudioSpool`, and each chunk is
-    read back when its batch comes: memory stays bounded however long the file is."""
-    if word_timestamps:
-        raise ValueError("word timestamps are not available in the batched mode yet; drop "
-                         "--batch-size or --word-timestamps")
+    read back when its batch comes: memory stays bounded however long the file is.
+    With `word_timestamps`, each chunk's words are timed from its own window's cross-attention
+    (as faster-whisper's pipeline does), then mapped to the file's time like the segments."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if isinstance(audio, (str, Path)):  # read in blocks, the VAD fed on the way
@@ -378,6 +400,7 @@ def transcribe_batched(
         offset += sum(r["end"] - r["start"] for r in chunk) / SAMPLE_RATE
     bar = tqdm(total=round(offset, 1), unit="s", disable=not progress)
     features = None  # the last batch's, refilled by the next of the same size
+    word_ends: list[float] = []  # speech time where each worded segment ends, sorted
     while queue:
         batch = [(start, work if isinstance(work, np.ndarray) else
                   np.concatenate([read(r["start"], r["end"]) for r in work]))
@@ -396,12 +419,27 @@ def transcribe_batched(
         options = replace(options, language=results[0].language)  # detected once, then kept
         tokenizer = get_tokenizer(dims.is_multilingual, num_languages=dims.num_languages,
                                   language=options.language, task=options.task)
-        for (start, piece), result in zip(batch, results, strict=True):
+        for index, ((start, piece), result) in enumerate(zip(batch, results, strict=True)):
             duration = len(piece) / SAMPLE_RATE
+            segment_size = int(np.ceil(duration)) * FRAMES_PER_SECOND
             chunk_segments, _ = split_segments(
                 np.array(result.tokens, dtype=np.int64), tokenizer, result,
-                round(start * FRAMES_PER_SECOND), int(np.ceil(duration)) * FRAMES_PER_SECOND,
-                duration, start, time_precision, input_stride)
+                round(start * FRAMES_PER_SECOND), segment_size, duration, start,
+                time_precision, input_stride)
+            if word_timestamps:
+                # the speech before this chunk ends where the latest earlier word ends (a
+                # leftover is decoded after later chunks, so "earlier" is by time, not order)
+                before = bisect.bisect_right(word_ends, start)
+                add_word_timestamps(
+                    segments=chunk_segments, model=model, tokenizer=tokenizer,
+                    features=features.window(index), num_frames=segment_size,
+                    alignment_heads=model.alignment_heads,
+                    prepend_punctuations=prepend_punctuations,
+                    append_punctuations=append_punctuations,
+                    last_speech_timestamp=word_ends[before - 1] if before else 0.0)
+                for segment in chunk_segments:
+                    if segment.get("words"):
+                        bisect.insort(word_ends, segment["end"])
             segments.extend(s for s in chunk_segments if s["text"].strip())
             stop = _last_timestamp(result.tokens, tokenizer, time_precision)
             if stop is not None and MIN_LEFTOVER_S < duration - stop < duration:

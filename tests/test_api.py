@@ -127,3 +127,18 @@ def test_a_path_is_read_in_blocks_with_the_same_tokens(longform):
     assert [s["tokens"] for s in streamed["segments"]] == [s["tokens"] for s in
                                                           loaded["segments"]]
     assert [s["start"] for s in streamed["segments"]] == [s["start"] for s in loaded["segments"]]
+
+
+def test_batch_size_in_transcribe_is_the_batched_mode(jfk):
+    """`model.transcribe(audio, batch_size=N)` runs `transcribe_batched` (words included), and
+    says which options the batched mode does not take."""
+    from maxwhisper.transcribe import transcribe_batched
+
+    model = max_model("tiny.en")
+    audio = whisper.load_audio(jfk.path)
+    result = model.transcribe(audio, batch_size=4, word_timestamps=True)
+    assert result == transcribe_batched(model, audio, batch_size=4, word_timestamps=True)
+    assert [w["word"] for s in result["segments"] for w in s["words"]][-1].strip() == "country."
+    with pytest.raises(ValueError, match="clip_timestamps, hallucination_silence_threshold"):
+        model.transcribe(audio, batch_size=4, clip_timestamps="0,5",
+                         hallucination_silence_threshold=2.0)

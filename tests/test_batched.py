@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -71,13 +72,17 @@ def test_batched_long_form_keeps_the_exact_modes_accuracy(longform):
 
 
 @pytest.mark.slow
-def test_batched_without_timestamps_equals_faster_whispers_pipeline(longform, jfk):
+@pytest.mark.parametrize("word_timestamps", [False, True], ids=["segments", "words"])
+def test_batched_without_timestamps_equals_faster_whispers_pipeline(longform, jfk,
+                                                                     word_timestamps):
     """faster-whisper's BatchedInferencePipeline, setting for setting: the same chunks, the same
-    segment times and the same text (its default: no timestamps)."""
+    segment times and the same text (its default: no timestamps); with word timestamps the
+    same words, each start and end within 0.02 s."""
     from maxwhisper.engines import load_engine
     from maxwhisper.results import TranscribeOptions
 
-    options = TranscribeOptions(batch_size=8, without_timestamps=True)
+    options = TranscribeOptions(batch_size=8, without_timestamps=True,
+                                word_timestamps=word_timestamps)
     ours, theirs = load_engine("max", "tiny.en", verbose=False), load_engine("faster", "tiny.en")
     for clip in (longform, jfk):  # jfk: shorter than one chunk
         audio = load_audio(clip.path)
@@ -86,6 +91,17 @@ def test_batched_without_timestamps_equals_faster_whispers_pipeline(longform, jf
         for x, y in zip(a.segments, b.segments, strict=True):
             assert x["start"] == pytest.approx(y["start"], abs=0.02)
             assert x["end"] == pytest.approx(y["end"], abs=0.02)
+        if not word_timestamps:
+            assert all("words" not in s for s in a.segments)
+            continue
+        ours_words = [w for s in a.segments for w in s["words"]]
+        their_words = [w for s in b.segments for w in s["words"]]
+        assert [w["word"] for w in ours_words] == [w["word"] for w in their_words], clip.name
+        assert len(ours_words) > 10
+        for x, y in zip(ours_words, their_words, strict=True):
+            assert x["start"] == pytest.approx(y["start"], abs=0.02), x
+            assert x["end"] == pytest.approx(y["end"], abs=0.02), x
+            assert x["start"] <= x["end"]
 
 
 def test_no_speech_gives_an_empty_batched_result(tmp_path):
@@ -101,6 +117,14 @@ def test_cli_batch_size(tmp_path, jfk):
                           text=True, check=True)
     assert speech.word_error_rate([jfk.reference], [done.stdout]) < 0.1
     bad = subprocess.run([sys.executable, "-m", "maxwhisper.cli", "transcribe", str(jfk.path),
-                          "--batch-size", "4", "--word-timestamps"], capture_output=True,
-                         text=True)
+                          "--batch-size", "4", "--vad-filter"], capture_output=True, text=True)
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
+    # word timestamps in the batched mode, as JSON (one word per spoken word, in order)
+    subprocess.run([sys.executable, "-m", "maxwhisper.cli", "transcribe", str(jfk.path),
+                    "--batch-size", "4", "--word-timestamps", "-f", "json", "-o", str(tmp_path)],
+                   capture_output=True, text=True, check=True)
+    segments = json.loads((tmp_path / "jfk.json").read_text())["segments"]
+    words = [w for s in segments for w in s["words"]]
+    assert speech.word_error_rate([jfk.reference], [" ".join(w["word"] for w in words)]) < 0.1
+    assert all(0 <= a["start"] <= a["end"] <= b["start"] + 0.01
+               for a, b in zip(words, words[1:], strict=False))
