@@ -263,6 +263,57 @@ class BeamSearchDecoder:
         return ([[np.array(s) for s in self.finished]], [list(self.finished.values())])
 
 
+class _Reorder:
+    """Stands in for the cache while one window's beams are updated: keeps the rows it asks for."""
+
+    rows: np.ndarray
+
+    def reorder(self, source_rows: np.ndarray) -> None:
+        self.rows = source_rows
+
+
+class WindowsBeamSearch:
+    """Beam search over G windows decoded together: rows g*beam_size ... (g+1)*beam_size - 1
+    are window g's beams, each window searched by its own `BeamSearchDecoder`, and one reorder
+    of the shared cache follows all of them. A window that has its candidates stops there (its
+    tokens and scores kept as they were, its rows riding along on <|endoftext|>), so each
+    window's result is the one `decode` gives it alone."""
+
+    def __init__(self, windows: int, beam_size: int, eot: int, patience: float | None = None):
+        self.windows = [BeamSearchDecoder(beam_size, eot, patience) for _ in range(windows)]
+        self.beam_size, self.eot = beam_size, eot
+        self.done: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # window -> tokens, scores
+
+    def update(self, tokens, logits, sum_logprobs, cache) -> tuple[np.ndarray, bool]:
+        beams, parts, sources = self.beam_size, [], []
+        for g, window in enumerate(self.windows):
+            rows = slice(g * beams, (g + 1) * beams)
+            if g in self.done:
+                parts.append(np.pad(tokens[rows], ((0, 0), (0, 1)), constant_values=self.eot))
+                sources.append(np.arange(rows.start, rows.stop))
+                continue
+            kept = _Reorder()  # sum_logprobs[rows] is a view: the window's scores update in place
+            window_tokens, completed = window.update(tokens[rows], logits[rows],
+                                                     sum_logprobs[rows], kept)
+            parts.append(window_tokens)
+            sources.append(rows.start + kept.rows)
+            if completed:
+                self.done[g] = (window_tokens, sum_logprobs[rows].copy())
+        cache.reorder(np.concatenate(sources))
+        return np.concatenate(parts), len(self.done) == len(self.windows)
+
+    def finalize(self, tokens, sum_logprobs) -> tuple[list[list[np.ndarray]], list[list[float]]]:
+        """Each window's candidates and their scores (lists of G)."""
+        beams, candidates, scores = self.beam_size, [], []
+        for g, window in enumerate(self.windows):
+            rows = slice(g * beams, (g + 1) * beams)
+            window_tokens, window_scores = self.done.get(g, (tokens[rows], sum_logprobs[rows]))
+            found, found_scores = window.finalize(window_tokens, window_scores)
+            candidates.append(found[0])
+            scores.append(found_scores[0])
+        return candidates, scores
+
+
 def rank(tokens: list[list[int]], sum_logprobs: list[float], length_penalty: float | None) -> int:
     """Index of the best candidate: highest log-probability per (penalised) length."""
     scores = []
@@ -439,22 +490,40 @@ def decode(model: WhisperEngine, mel: np.ndarray, options: DecodingOptions = Dec
 
 def decode_batch(model: WhisperEngine, features, options: DecodingOptions = DecodingOptions()
                  ) -> list[DecodingResult]:
-    """Greedy decoding of the B windows in `features` together, one row each (each row attends
-    to its own window), under the same rules as `decode`: a row's tokens are those `decode`
-    gives its window alone. Every step reads the decoder's weights once for all B rows. Rows
-    that reach <|endoftext|> ride along until the last one does."""
-    if options.beam_size is not None or (options.best_of or 1) > 1:
-        raise ValueError("decode_batch is greedy: decode beams window by window with `decode`")
+    """The B windows in `features` decoded together under the same rules as `decode`, each
+    row attending to its own window: greedy, one row a window; beam search, `beam_size` rows a
+    window (`WindowsBeamSearch`). A window's tokens are those `decode` gives it alone. Every
+    step reads the decoder's weights once for all rows; rows whose window is done ride along
+    until the last one is."""
+    if (options.best_of or 1) > 1:
+        raise ValueError("decode_batch takes greedy or beam search; decode best_of samples "
+                         "window by window with `decode`")
     setup = decoding_setup(model, options, features.window(0) if features.windows > 1
                            else features)
-    tokenizer, rows = setup.tokenizer, features.windows
-    selector = GreedyDecoder(options.temperature, tokenizer.eot, options.seed)
-    cache = model.new_cache(rows)
-    tokens = np.tile(np.array(setup.initial, dtype=np.int64), (rows, 1))
-    sum_logprobs = np.zeros(rows, dtype=np.float32)
+    tokenizer, windows = setup.tokenizer, features.windows
+    cache = model.new_cache(windows)
+    tokens = np.tile(np.array(setup.initial, dtype=np.int64), (windows, 1))
+    # the prompt once per window; beams then start from copies of its keys and values
     logits = model.decode_step(tokens, features, cache, positions=[setup.sot_index, -1])
     no_speech_probs = np.exp(log_softmax(logits[:, 0]))[:, tokenizer.no_speech]
-    tokens = _sample(model, features, cache, setup, selector, tokens, sum_logprobs,
-                     logits[:, -1])
-    return [_result(setup, options, _sampled(tokens[i], setup), float(sum_logprobs[i]),
-                    float(no_speech_probs[i])) for i in range(rows)]
+    if options.beam_size is None:
+        selector = GreedyDecoder(options.temperature, tokenizer.eot, options.seed)
+        sum_logprobs = np.zeros(windows, dtype=np.float32)
+        tokens = _sample(model, features, cache, setup, selector, tokens, sum_logprobs,
+                         logits[:, -1])
+        return [_result(setup, options, _sampled(tokens[i], setup), float(sum_logprobs[i]),
+                        float(no_speech_probs[i])) for i in range(windows)]
+    beams = options.beam_size
+    selector = WindowsBeamSearch(windows, beams, tokenizer.eot, options.patience)
+    sum_logprobs = np.zeros(windows * beams, dtype=np.float32)
+    tokens = _sample(model, features, cache.repeated(beams), setup, selector,
+                     np.repeat(tokens, beams, axis=0), sum_logprobs,
+                     np.repeat(logits[:, -1], beams, axis=0))
+    results = []
+    for i, (candidates, scores) in enumerate(zip(*selector.finalize(tokens, sum_logprobs),
+                                                 strict=True)):
+        texts = [_sampled(c, setup) for c in candidates]
+        best = rank(texts, scores, options.length_penalty)
+        results.append(_result(setup, options, texts[best], scores[best],
+                               float(no_speech_probs[i])))
+    return results

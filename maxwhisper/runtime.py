@@ -252,14 +252,13 @@ class KVCache:
         self.keys_t[:, changed, ..., :n] = self.keys_t[:, sources, ..., :n]
         self.values[:, changed, :, :n] = self.values[:, sources, :, :n]
 
-    def repeated(self, batch: int) -> KVCache:
-        """A cache of `batch` rows, each a copy of this one-row cache (beams that share a
-        prompt: it is run once, then every beam starts from its keys and values)."""
-        if self.values.shape[1] != 1:
-            raise ValueError("only a one-row cache can be repeated")
+    def repeated(self, times: int) -> KVCache:
+        """A cache with each row repeated `times` times, the copies of row r in rows
+        r * times ... (r + 1) * times - 1 (beams that share a prompt: it is run once, then
+        every beam starts from its keys and values)."""
         copy = KVCache.__new__(KVCache)
-        copy.keys_t = np.repeat(self.keys_t, batch, axis=1)
-        copy.values = np.repeat(self.values, batch, axis=1)
+        copy.keys_t = np.repeat(self.keys_t, times, axis=1)
+        copy.values = np.repeat(self.values, times, axis=1)
         copy.length = self.length
         return copy
 

@@ -349,9 +349,9 @@ def transcribe_batched(
     """Long audio the way faster-whisper's `BatchedInferencePipeline` does it: Silero VAD finds
     the speech, consecutive regions are merged into chunks of up to 30 s, and `batch_size`
     chunks at a time are encoded and decoded together, each chunk alone (no conditioning on
-    earlier text, one temperature: the first of a schedule). Greedy decoding runs the batch's
-    chunks as rows of one decoder batch, each attending to its own chunk; beam search decodes
-    them one after the other. Segment times are the file's. Returns `transcribe`'s dict.
+    earlier text, one temperature: the first of a schedule). The batch's chunks are the rows of
+    one decoder batch (greedy: a row each; beam search: `beam_size` rows each), each row
+    attending to its own chunk. Segment times are the file's. Returns `transcribe`'s dict.
     A path is read in blocks (the VAD fed on the way) into an `AudioSpool`, and each chunk is
     read back when its batch comes: memory stays bounded however long the file is.
     With `word_timestamps`, each chunk's words are timed from its own window's cross-attention
@@ -411,11 +411,7 @@ def transcribe_batched(
                                                          padding=HOP_LENGTH)[:, :-1], N_FRAMES)
                          for _, piece in batch])
         features = model.encode_windows(mels, out=features)
-        if beam_size is None:
-            results = decode_batch(model, features, options)
-        else:
-            results = [decode(model, mels[i], options, features=features.window(i))
-                       for i in range(len(batch))]
+        results = decode_batch(model, features, options)
         options = replace(options, language=results[0].language)  # detected once, then kept
         tokenizer = get_tokenizer(dims.is_multilingual, num_languages=dims.num_languages,
                                   language=options.language, task=options.task)

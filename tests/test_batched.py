@@ -26,24 +26,29 @@ def test_speech_chunks_merge_consecutive_regions_up_to_30_s():
     assert speech_chunks([]) == []
 
 
-def test_rows_of_a_batch_decode_as_their_windows_alone(speech_clips):
-    """Chunks of different lengths in one batch: each row's tokens are exactly those of its
-    window decoded on its own (greedy, with and without timestamps)."""
+@pytest.mark.parametrize(("beam_size", "patience"), [(None, None), (5, None), (5, 0.5)],
+                         ids=["greedy", "beam5", "beam5-patience0.5"])
+def test_rows_of_a_batch_decode_as_their_windows_alone(speech_clips, beam_size, patience):
+    """Chunks of different lengths in one batch: each window's tokens are exactly those of
+    its window decoded on its own (greedy: a row a window; beam search: five rows a window,
+    windows finishing at different steps), with and without timestamps."""
     model = max_model("tiny.en")
     clips = [c for c in speech_clips if c.duration_s <= 30][:4]
     mels = np.stack([pad_or_trim(log_mel_spectrogram(load_audio(c.path)), N_FRAMES)
                      for c in clips])
     features = model.encode(mels)
     for without_timestamps in (False, True):
-        options = DecodingOptions(language="en", without_timestamps=without_timestamps)
+        options = DecodingOptions(language="en", without_timestamps=without_timestamps,
+                                  beam_size=beam_size, patience=patience)
         batched = decode_batch(model, features, options)
         for i, result in enumerate(batched):
             alone = decode(model, mels[i], options, features=features.window(i))
             assert result.tokens == alone.tokens, clips[i].name
             assert result.avg_logprob == pytest.approx(alone.avg_logprob, abs=1e-5)
             assert result.no_speech_prob == pytest.approx(alone.no_speech_prob, abs=1e-6)
-    with pytest.raises(ValueError, match="greedy"):
-        decode_batch(model, features, DecodingOptions(beam_size=5))
+        assert len({len(r.tokens) for r in batched}) > 1  # the windows end at different steps
+    with pytest.raises(ValueError, match="best_of"):
+        decode_batch(model, features, DecodingOptions(temperature=0.5, best_of=3))
 
 
 @pytest.mark.slow
