@@ -19,6 +19,7 @@ defaults), so both engines cut the same audio the same way (tested on the speech
 from __future__ import annotations
 
 import bisect
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -59,8 +60,10 @@ def _session():
 
         raise MaxWhisperError("VAD needs onnxruntime: pip install 'maxwhisper[vad]'") from None
     options = onnxruntime.SessionOptions()
-    # one thread: the network is small and sequential (an LSTM over the windows)
-    options.inter_op_num_threads = options.intra_op_num_threads = 1
+    # two threads: the convolutions before the LSTM see every window at once and share out;
+    # 229 s of speech: 0.35 s against 0.45 s on one thread, the same probabilities (measured)
+    options.inter_op_num_threads = 1
+    options.intra_op_num_threads = min(2, os.cpu_count() or 1)
     options.enable_cpu_mem_arena = False
     options.log_severity_level = 4
     return onnxruntime.InferenceSession(str(MODEL_PATH), sess_options=options,
