@@ -399,7 +399,6 @@ def transcribe_batched(
         queue.append((offset, chunk))
         offset += sum(r["end"] - r["start"] for r in chunk) / SAMPLE_RATE
     bar = tqdm(total=round(offset, 1), unit="s", disable=not progress)
-    features = None  # the last batch's, refilled by the next of the same size
     word_ends: list[float] = []  # speech time where each worded segment ends, sorted
     while queue:
         batch = [(start, work if isinstance(work, np.ndarray) else
@@ -410,7 +409,7 @@ def transcribe_batched(
         mels = np.stack([pad_or_trim(log_mel_spectrogram(piece, dims.n_mels,
                                                          padding=HOP_LENGTH)[:, :-1], N_FRAMES)
                          for _, piece in batch])
-        features = model.encode_windows(mels, out=features)
+        features = model.encode_windows(mels, reuse=True)  # overwrites the last batch's
         results = decode_batch(model, features, options)
         options = replace(options, language=results[0].language)  # detected once, then kept
         tokenizer = get_tokenizer(dims.is_multilingual, num_languages=dims.num_languages,
