@@ -142,6 +142,31 @@ def test_released_weights_use_every_kernel_on_cpu():
     assert model.kernels == {"vocab", "linear", "cross_attention", "self_attention"}
 
 
+@pytest.mark.slow
+def test_decoder_without_kernels_decodes_as_with_them(speech_clips):
+    """The decoder graph on MAX's ops alone (what an accelerator runs, and every
+    MAXWHISPER_*_KERNEL=0) compiles and gives the kernels' tokens: a batch of windows (greedy,
+    rows in window groups) and beam search (five rows sharing a window)."""
+    from maxwhisper.audio import N_FRAMES, load_audio, log_mel_spectrogram, pad_or_trim
+    from maxwhisper.decoding import DecodingOptions, decode, decode_batch
+    from maxwhisper.runtime import MaxWhisperModel
+
+    with_kernels = max_model("tiny.en")
+    plain = MaxWhisperModel(with_kernels.weights, device="cpu", kernels=frozenset(),
+                            verbose=False)
+    clips = [c for c in speech_clips if c.duration_s <= 30][:3]
+    mels = np.stack([pad_or_trim(log_mel_spectrogram(load_audio(c.path)), N_FRAMES)
+                     for c in clips])
+    features = with_kernels.encode(mels)
+    greedy = DecodingOptions(language="en")
+    assert ([r.tokens for r in decode_batch(plain, features, greedy)]
+            == [r.tokens for r in decode_batch(with_kernels, features, greedy)])
+    beam = DecodingOptions(language="en", beam_size=5)
+    window = features.window(0)
+    assert (decode(plain, mels[0], beam, features=window).tokens
+            == decode(with_kernels, mels[0], beam, features=window).tokens)
+
+
 @pytest.fixture(scope="module")
 def self_attention_piece():
     def body(q, keys_t, values, new_keys_t, new_values, filled, _params):
