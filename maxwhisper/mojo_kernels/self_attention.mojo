@@ -7,18 +7,25 @@
 # Layouts are the cache's: keys transposed (hd, slots) per row and head, values (slots, hd);
 # the scores of 64 slots at a time stay in registers while the hd key rows stream through,
 # and the output's 64 sums while the value rows stream through. Every value is float32.
+# Every step is vectorised (a part-filled chunk of slots is computed whole, its extra lanes
+# ignored; the softmax 16 lanes at a time) while each number is computed in the same order as
+# a scalar loop would (the total summed in slot order): the same outputs, bit for bit, as the
+# scalar version (measured: a step's layer 0.060 -> 0.050 ms, a 224-token prefill's layer
+# 1.67 -> 0.76 ms).
 
 import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 from std.math import exp, sqrt
+from std.memory import stack_allocation
 from std.sys.info import num_physical_cores
 
 
 comptime HD = 64  # Whisper's head width, every model size
 comptime CHUNK = 64  # slots whose scores stay in registers (4 AVX-512 vectors)
 comptime MAX_SLOTS = 1024  # cached + new tokens one row can attend to (Whisper: <= 448)
+comptime EXP_WIDTH = 16  # softmax lanes at a time (one AVX-512 vector)
 
 
 @extensibility.register("maxwhisper_self_attention")
@@ -62,8 +69,13 @@ struct SelfAttention:
         var slot_bytes = pairs * (past + new) * HD * 8 * new
         var workers = min(num_physical_cores(), pairs) if slot_bytes > 4 * 1024 * 1024 else 1
 
+        # whole chunks of slots even where the last one is part-filled: its lanes past P are
+        # computed (the cache is allocated to `capacity`) and then ignored, instead of a
+        # scalar loop over up to 63 slots
+        var chunked = capacity % CHUNK == 0
+
         def work(worker: Int) {imm}:
-            var scores = Array[Float32, MAX_SLOTS](fill=0)
+            var scores = stack_allocation[MAX_SLOTS, Float32]()
             for pair in range(pairs * worker // workers, pairs * (worker + 1) // workers):
                 var b = pair // heads
                 var h = pair % heads
@@ -77,14 +89,18 @@ struct SelfAttention:
                     var top = Float32.MIN
                     # scores over the cache's filled slots, then over the new tokens
                     var t = 0
-                    while t + CHUNK <= past:
+                    var vector_end = past if not chunked else past + (CHUNK - past % CHUNK) % CHUNK
+                    while t + CHUNK <= vector_end:
                         var acc = SIMD[DType.float32, CHUNK](0)
                         for d in range(HD):
                             acc += ck.unsafe_load[width=CHUNK](d * capacity + t) * qr.unsafe_load(d)
                         acc *= scale
-                        top = max(top, acc.reduce_max())
-                        comptime for i in range(CHUNK):
-                            scores[t + i] = acc[i]
+                        scores.unsafe_store[width=CHUNK](t, acc)
+                        if t + CHUNK <= past:
+                            top = max(top, acc.reduce_max())
+                        else:  # the part-filled chunk: only its first past - t lanes count
+                            for i in range(past - t):
+                                top = max(top, scores.unsafe_load(t + i))
                         t += CHUNK
                     while t < past:
                         var acc = Float32(0)
@@ -92,38 +108,59 @@ struct SelfAttention:
                             acc += ck.unsafe_load(d * capacity + t) * qr.unsafe_load(d)
                         acc *= scale
                         top = max(top, acc)
-                        scores[t] = acc
+                        scores.unsafe_store(t, acc)
                         t += 1
                     var j = 0
-                    while j + CHUNK <= seen:  # a prompt's prefill: many new tokens
+                    # a prompt's prefill: many new tokens, in whole chunks while the new keys
+                    # hold one (lanes past this row's own token, later tokens, are ignored)
+                    while j < seen and j + CHUNK <= new:
                         var acc = SIMD[DType.float32, CHUNK](0)
                         for d in range(HD):
                             acc += nk.unsafe_load[width=CHUNK](d * new + j) * qr.unsafe_load(d)
                         acc *= scale
-                        top = max(top, acc.reduce_max())
-                        comptime for i in range(CHUNK):
-                            scores[past + j + i] = acc[i]
+                        scores.unsafe_store[width=CHUNK](past + j, acc)
+                        if j + CHUNK <= seen:
+                            top = max(top, acc.reduce_max())
+                        else:
+                            for i in range(seen - j):
+                                top = max(top, scores.unsafe_load(past + j + i))
                         j += CHUNK
+                    j = min(j, seen)
                     while j < seen:
                         var acc = Float32(0)
                         for d in range(HD):
                             acc += nk.unsafe_load(d * new + j) * qr.unsafe_load(d)
                         acc *= scale
                         top = max(top, acc)
-                        scores[past + j] = acc
+                        scores.unsafe_store(past + j, acc)
                         j += 1
-                    # softmax
+                    # softmax: the exponentials 16 at a time, their total summed in order
+                    var count = past + seen
+                    var i = 0
+                    while i + EXP_WIDTH <= count:
+                        scores.unsafe_store[width=EXP_WIDTH](
+                            i, exp(scores.unsafe_load[width=EXP_WIDTH](i) - top))
+                        i += EXP_WIDTH
+                    while i < count:
+                        scores.unsafe_store(i, exp(scores.unsafe_load(i) - top))
+                        i += 1
                     var total = Float32(0)
-                    for i in range(past + seen):
-                        var e = exp(scores[i] - top)
-                        scores[i] = e
-                        total += e
+                    for k in range(count):
+                        total += scores.unsafe_load(k)
+                    i = 0
+                    while i + EXP_WIDTH <= count:
+                        scores.unsafe_store[width=EXP_WIDTH](
+                            i, scores.unsafe_load[width=EXP_WIDTH](i) / total)
+                        i += EXP_WIDTH
+                    while i < count:
+                        scores.unsafe_store(i, scores.unsafe_load(i) / total)
+                        i += 1
                     # out = weights @ values, the value rows streaming
                     var out = SIMD[DType.float32, HD](0)
-                    for i in range(past):
-                        out += cv.unsafe_load[width=HD](i * HD) * (scores[i] / total)
-                    for j in range(seen):
-                        out += nv.unsafe_load[width=HD](j * HD) * (scores[past + j] / total)
+                    for k in range(past):
+                        out += cv.unsafe_load[width=HD](k * HD) * scores.unsafe_load(k)
+                    for k in range(seen):
+                        out += nv.unsafe_load[width=HD](k * HD) * scores.unsafe_load(past + k)
                     op.unsafe_store[width=HD](((b * new + s) * heads + h) * HD, out)
 
         sync_parallelize(work, workers)
