@@ -483,9 +483,15 @@ def decode(model: WhisperEngine, mel: np.ndarray, options: DecodingOptions = Dec
                      logits[:, -1])
 
     candidates, candidate_logprobs = selector.finalize(tokens, sum_logprobs)
-    texts = [_sampled(c, setup) for c in candidates[0]]
-    best = rank(texts, candidate_logprobs[0], options.length_penalty)
-    return _result(setup, options, texts[best], candidate_logprobs[0][best], no_speech_prob)
+    return _best_result(setup, options, candidates[0], candidate_logprobs[0], no_speech_prob)
+
+
+def _best_result(setup: DecodingSetup, options: DecodingOptions, candidates: list[np.ndarray],
+                 scores: list[float], no_speech_prob: float) -> DecodingResult:
+    """The result of one window's best-ranked candidate (beams or samples)."""
+    texts = [_sampled(c, setup) for c in candidates]
+    best = rank(texts, scores, options.length_penalty)
+    return _result(setup, options, texts[best], scores[best], no_speech_prob)
 
 
 def decode_batch(model: WhisperEngine, features, options: DecodingOptions = DecodingOptions()
@@ -519,11 +525,6 @@ def decode_batch(model: WhisperEngine, features, options: DecodingOptions = Deco
     tokens = _sample(model, features, cache.repeated(beams), setup, selector,
                      np.repeat(tokens, beams, axis=0), sum_logprobs,
                      np.repeat(logits[:, -1], beams, axis=0))
-    results = []
-    for i, (candidates, scores) in enumerate(zip(*selector.finalize(tokens, sum_logprobs),
-                                                 strict=True)):
-        texts = [_sampled(c, setup) for c in candidates]
-        best = rank(texts, scores, options.length_penalty)
-        results.append(_result(setup, options, texts[best], scores[best],
-                               float(no_speech_probs[i])))
-    return results
+    candidates, scores = selector.finalize(tokens, sum_logprobs)
+    return [_best_result(setup, options, candidates[i], scores[i], float(no_speech_probs[i]))
+            for i in range(windows)]

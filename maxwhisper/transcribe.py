@@ -124,7 +124,7 @@ def transcribe(
     """
     if batch_size:
         unsupported = {"vad_filter": bool(vad_filter), "carry_initial_prompt": carry_initial_prompt,
-                       "clip_timestamps": clip_timestamps not in ("0", [0], [0.0]),
+                       "clip_timestamps": _clipped(clip_timestamps),
                        "hallucination_silence_threshold":
                            hallucination_silence_threshold is not None}
         if any(unsupported.values()):
@@ -157,7 +157,7 @@ def transcribe(
     if audio.size == 0:
         raise AudioError("audio contains no samples")
     if vad or vad_filter:
-        if clip_timestamps not in ("0", [0], [0.0]):
+        if _clipped(clip_timestamps):
             raise ValueError("VAD and clip_timestamps both choose what to transcribe; use one")
         rerun = partial(transcribe, model, **loop_options)
         no_speech_language = decode_options.get("language") or (
@@ -177,6 +177,11 @@ def transcribe(
         return result
     mel = log_mel_spectrogram(audio, model.dims.n_mels, padding=N_SAMPLES)
     return _seek_loop(model, mel, clip_timestamps=clip_timestamps, **loop_options)
+
+
+def _clipped(clip_timestamps: str | list[float]) -> bool:
+    """Whether `clip_timestamps` picks stretches of the audio (its default, "0", is all of it)."""
+    return clip_timestamps not in ("0", [0], [0.0])
 
 
 def _seek_loop(model, mel, *, verbose, temperature, compression_ratio_threshold,
