@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import whisper
-from faster_whisper import WhisperModel
 
 from .audio import SAMPLE_RATE
 from .results import (
@@ -86,6 +85,8 @@ class FasterWhisperEngine:
         self.name = "faster" if compute_type == "float32" else f"faster-{compute_type}"
         self.model_name = model
         folder: Path = ctranslate2_dir(model)
+        from faster_whisper import WhisperModel  # here: openai's engine runs without it
+
         self.model = WhisperModel(str(folder), device="cpu", compute_type=compute_type,
                                   cpu_threads=threads or os.cpu_count() or 0, local_files_only=True)
         self.load_seconds = time.perf_counter() - start

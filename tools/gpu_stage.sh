@@ -7,8 +7,8 @@
 #   the tiny.en .npz, the check's clips and MANIFEST.tsv.
 # Installed here with `pip install --target` for the device's Python 3.12, packed in one tar, xz
 # compressed (~30 % smaller than the wheels) and split into .gpu/c1 ... .gpu/cN (58 MiB each).
-# The `mojo` command-line compiler (146 MB) is left out: the accelerator path compiles no Mojo
-# kernels of ours (`runtime.default_kernels`), and MAX compiles graphs in-process.
+# The `mojo` command-line compiler (146 MB) is left out (a stub in its place): the accelerator
+# path compiles no Mojo kernels of ours (`runtime.default_kernels`); MAX compiles in-process.
 # On the device: calls 1..N-1 carry .gpu/cK one after the other (the machine keeps each while
 # warm, 30 s), the last carries .gpu/cN and runs tools/gpu_run.sh (reassembles and checks).
 set -euo pipefail
@@ -30,7 +30,10 @@ for w in .gpu/wheels/*.whl; do  # what each needs, to check against the image's 
 done > .gpu/requires.txt
 "$PY" -m pip install -q --no-deps --no-index --no-compile --only-binary=:all: "${platforms[@]}" \
     --target .gpu/stage/site .gpu/wheels/*.whl
-rm -f .gpu/stage/site/modular/bin/mojo
+# MAX finds its kernel libraries from the place of `modular/bin/mojo` (mojo/_package_root.py),
+# so a stub stays in the compiler's place
+printf '#!/bin/sh\necho "the mojo compiler was not carried to this machine" >&2\nexit 1\n' \
+    > .gpu/stage/site/modular/bin/mojo
 cp weights/tiny.en.npz .gpu/stage/data/
 for clip in jfk.wav 1089-134686-0000.flac LJ001-0001.wav 1221-135766-0002.wav \
             ljspeech_longform_229s.flac MANIFEST.tsv; do
