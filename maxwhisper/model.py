@@ -421,8 +421,10 @@ def decoder_step(tokens: TensorValue, offset: TensorValue, keys_t: TensorValue,
     """
     length_new = tokens.shape[1]
     past = ops.reshape(offset, [])
-    positions = ops.range(past, past + ops.shape_to_tensor([length_new]).reshape([]), 1,
-                          out_dim=length_new, dtype=DType.int64, device=p.device)
+    # ops.range takes its bounds on the host, so the offset (on the graph's device) is added
+    # after: 0 .. new-1 on the device, then + P
+    positions = past + ops.range(0, ops.shape_to_tensor([length_new]).reshape([]), 1,
+                                 out_dim=length_new, dtype=DType.int64, device=p.device)
     x = p.token_embedding(tokens) + ops.gather(p.tensor("decoder.positional_embedding"),
                                                positions, axis=0)
     masks = cache_masks(past, length_new, int(keys_t.shape[-1]), p.device)

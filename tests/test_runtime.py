@@ -54,6 +54,21 @@ def test_the_built_graph_is_part_of_the_cache_key(tiny_weights, monkeypatch):
         != cache_key("encoder", dims, "float32", "cpu", graph=digest())
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_every_graph_builds_for_an_accelerator(tiny_weights, dtype):
+    """The accelerator path's graphs, built (not compiled: no GPU here) for a GPU device. MAX
+    checks every op's operands for one device while building; the decoder once added its
+    offset on the GPU to a shape on the host and failed there, on the first lent H100."""
+    from max.graph import DeviceRef
+
+    from maxwhisper import model
+    from maxwhisper.runtime import DTYPES, GRAPH_BUILDERS
+
+    for kind, builder in GRAPH_BUILDERS.items():
+        graph = builder(model.Params(tiny_weights, DeviceRef.GPU(0), DTYPES[dtype]))
+        assert all(value.type.device == DeviceRef.GPU(0) for value in graph.inputs), kind
+
+
 def test_kernels_apply_to_released_weights_on_the_cpu_in_float32(monkeypatch, tiny_weights,
                                                                     base_weights):
     for name in KERNEL_SWITCHES.values():
