@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from max.dtype import DType
-from max.graph import DeviceRef, Graph, TensorType, TensorValue, Weight, ops
+from max.graph import BufferType, DeviceRef, Graph, TensorType, TensorValue, Weight, ops
 
 from . import custom_ops
 from .weights import ModelDimensions, WhisperWeights
@@ -484,16 +484,38 @@ def decoder_input_types(dims: ModelDimensions, device: DeviceRef) -> list[Tensor
     ]
 
 
-def build_decoder_graph(p: Params, with_cross_weights: bool = False) -> Graph:
+def build_decoder_graph(p: Params, with_cross_weights: bool = False,
+                        resident_cache: bool = False) -> Graph:
     """(tokens, P, key cache, value cache, cross k, cross v, picks) ->
-    (logits, new keys, new values[, cross weights])."""
+    (logits, new keys, new values[, cross weights]).
+
+    `resident_cache`: the self-attention cache is a pair of buffers on the graph's device that
+    the graph itself updates (the new tokens' keys and values stored at slots P..P+S-1), and
+    only the logits come back: on an accelerator the cache then never crosses to the host.
+    P is then a host tensor (MAX takes slice bounds on the host)."""
     dims = p.weights.dims
     name = "whisper_decoder_alignment" if with_cross_weights else "whisper_decoder"
     extensions = [custom_ops.kernel_library()] if p.kernels else []
-    with Graph(name, input_types=decoder_input_types(dims, p.device),
-               custom_extensions=extensions) as graph:
-        tokens, offset, *caches, picks = (value.tensor for value in graph.inputs)
-        caches = [_cast(t, p.dtype) for t in caches]
-        outputs = decoder_step(tokens, offset, *caches, picks, p, dims, with_cross_weights)
-        graph.output(*(_to_float32(t) for t in outputs))
+    types: list = decoder_input_types(dims, p.device)
+    if resident_cache:
+        types[1] = TensorType(DType.int64, [1], device=DeviceRef.CPU())
+        types[2:4] = [BufferType(t.dtype, t.shape, device=t.device) for t in types[2:4]]
+    with Graph(name, input_types=types, custom_extensions=extensions) as graph:
+        tokens, offset, key_cache, value_cache, *rest = graph.inputs
+        caches = [key_cache.buffer[...], value_cache.buffer[...]] if resident_cache else \
+            [key_cache.tensor, value_cache.tensor]
+        caches = [_cast(t, p.dtype) for t in [*caches, *(v.tensor for v in rest[:2])]]
+        picks = rest[2].tensor
+        step_offset = offset.tensor.to(p.device) if resident_cache else offset.tensor
+        outputs = [_to_float32(t) for t in decoder_step(tokens.tensor, step_offset, *caches,
+                                                         picks, p, dims, with_cross_weights)]
+        if resident_cache:
+            logits, new_k, new_v, *weights = outputs
+            start = ops.reshape(offset.tensor, [])
+            length = new_v.shape[3]
+            stop = start + ops.shape_to_tensor([length]).reshape([])
+            key_cache.buffer[:, :, :, :, (slice(start, stop), length)] = new_k
+            value_cache.buffer[:, :, :, (slice(start, stop), length), :] = new_v
+            outputs = [logits, *weights]
+        graph.output(*outputs)
     return graph

@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from importlib import metadata
 
 import numpy as np
@@ -27,7 +28,12 @@ from max.graph import DeviceRef
 
 from . import custom_ops
 from . import model as graph_model
-from .settings import cache_dir, encoder_float64_blocks, kernel_allowed
+from .settings import (
+    cache_dir,
+    encoder_float64_blocks,
+    kernel_allowed,
+    resident_cache_setting,
+)
 from .weights import ModelDimensions, WhisperWeights
 
 DTYPES = {"float32": DType.float32, "float16": DType.float16}
@@ -263,6 +269,50 @@ class KVCache:
         return copy
 
 
+class ResidentKVCache:
+    """The same cache as `KVCache`, held in buffers on the decoder's device: the decoder graph
+    built with `resident_cache` stores each step's keys and values into them itself, so on an
+    accelerator the cache never crosses to the host while a window is decoded. Reordering
+    beams and repeating rows go through the host (once a step in beam search; TODO for an
+    accelerator: a gather on the device)."""
+
+    def __init__(self, host: KVCache, device):
+        """`host`'s contents, copied to `device` (a new cache: `ResidentKVCache(KVCache(dims,
+        batch), device)`)."""
+        self.device, self.length, self.capacity = device, host.length, host.values.shape[3]
+        self.keys_t, self.values = to_device(host.keys_t, device), to_device(host.values, device)
+
+    def inputs(self) -> tuple[Buffer, Buffer, Buffer]:
+        # P stays on the host: the graph slices the buffers with it
+        return Buffer.from_numpy(np.array([self.length], dtype=np.int64)), self.keys_t, self.values
+
+    def advance(self, n: int) -> None:
+        """Count the n slots the graph has just filled (checked before it runs: `reserve`)."""
+        self.length += n
+
+    def reserve(self, n: int) -> None:
+        if self.length + n > self.capacity:
+            raise ValueError(f"decoder context of {self.capacity} tokens exceeded")
+
+    def _on_host(self) -> KVCache:
+        host = KVCache.__new__(KVCache)
+        host.keys_t = self.keys_t.to(CPU()).to_numpy()
+        host.values = self.values.to(CPU()).to_numpy()
+        host.length = self.length
+        return host
+
+    def reorder(self, source_rows: np.ndarray) -> None:
+        if np.array_equal(source_rows, np.arange(len(source_rows))):
+            return
+        host = self._on_host()
+        host.reorder(source_rows)
+        self.keys_t, self.values = (to_device(host.keys_t, self.device),
+                                    to_device(host.values, self.device))
+
+    def repeated(self, times: int) -> ResidentKVCache:
+        return ResidentKVCache(self._on_host().repeated(times), self.device)
+
+
 @dataclass
 class AudioFeatures:
     """What the encoder gives for B windows: features and the decoder's cross-attention K/V."""
@@ -299,7 +349,8 @@ class MaxWhisperModel:
 
     def __init__(self, weights: WhisperWeights, device: str = "auto", dtype: str = "float32",
                  verbose: bool = True, graphs: tuple[str, ...] = ("encoder", "decoder"),
-                 kernels: frozenset[str] | None = None, float64_blocks: int | None = None):
+                 kernels: frozenset[str] | None = None, float64_blocks: int | None = None,
+                 resident_cache: bool | None = None):
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
         self.weights, self.dims = weights, weights.dims
@@ -317,6 +368,10 @@ class MaxWhisperModel:
             if float64_blocks is None:
                 float64_blocks = default_float64_blocks(self.dims)
         self.float64_blocks = max(0, min(float64_blocks, self.dims.n_audio_layer))
+        resident = resident_cache_setting() if resident_cache is None else resident_cache
+        # the self-attention kernel reads the host arrays in place, so it keeps the host cache
+        self.resident_cache = (self.device != "cpu" if resident is None else resident) \
+            and "self_attention" not in self.kernels
         self._graphs, self._registries = {}, {}  # registry arrays must outlive the models
         self._workspaces: dict[str, np.ndarray] = {}  # encode_windows(reuse=True)
         for kind in graphs:
@@ -330,9 +385,11 @@ class MaxWhisperModel:
             params = graph_model.Params(self.weights, self._device_ref, DTYPES[self.dtype],
                                         kernels=self.kernels if kind != "encoder" else frozenset(),
                                         float64_blocks=float64_blocks)
+            builder = GRAPH_BUILDERS[kind]
+            if kind == "decoder" and self.resident_cache:
+                builder = partial(graph_model.build_decoder_graph, resident_cache=True)
             self._graphs[kind], self._registries[kind] = load_graph(
-                self.session, GRAPH_BUILDERS[kind], params, kind, self.device, self.report,
-                self._verbose)
+                self.session, builder, params, kind, self.device, self.report, self._verbose)
         return self._graphs[kind]
 
     def _run(self, model, *arrays: np.ndarray) -> list[np.ndarray]:
@@ -403,9 +460,15 @@ class MaxWhisperModel:
                              "equal groups, one per window")
         picks = self._picks(tokens, positions)
         start = time.perf_counter()
-        logits, new_k, new_v = self._run(self._graph("decoder"), tokens, *cache.inputs(),
-                                         *self._cross(features), picks)
-        cache.append(new_k, new_v)
+        if isinstance(cache, ResidentKVCache):  # the graph writes the new keys and values
+            cache.reserve(tokens.shape[1])
+            (logits,) = self._run(self._graph("decoder"), tokens, *cache.inputs(),
+                                  *self._cross(features), picks)
+            cache.advance(tokens.shape[1])
+        else:
+            logits, new_k, new_v = self._run(self._graph("decoder"), tokens, *cache.inputs(),
+                                             *self._cross(features), picks)
+            cache.append(new_k, new_v)
         if tokens.shape[1] == 1:
             self.stats.decode_s += time.perf_counter() - start
             self.stats.decode_steps += 1
@@ -418,7 +481,7 @@ class MaxWhisperModel:
                         ) -> tuple[np.ndarray, np.ndarray]:
         """Logits (B, S, V) and cross-attention weights (L, B, H, S, A) of a whole token sequence."""
         tokens = np.asarray(tokens, dtype=np.int64)
-        empty = self.new_cache(tokens.shape[0]).inputs()
+        empty = KVCache(self.dims, tokens.shape[0]).inputs()  # this graph keeps none
         start = time.perf_counter()
         logits, _, _, weights = self._run(self._graph("alignment"), tokens, *empty,
                                           *self._cross(features), self._picks(tokens, None))
@@ -454,7 +517,9 @@ class MaxWhisperModel:
             2 * d.n_text_layer * batch * d.n_text_ctx * d.n_text_state * 4)
         return weights + cross + cache
 
-    def new_cache(self, batch: int) -> KVCache:
+    def new_cache(self, batch: int) -> KVCache | ResidentKVCache:
+        if self.resident_cache:
+            return ResidentKVCache(KVCache(self.dims, batch), self.driver_device)
         return KVCache(self.dims, batch)
 
     @property

@@ -54,6 +54,19 @@ def kernel_allowed(kernel: str) -> bool:
     return os.environ.get(KERNEL_SWITCHES[kernel], "1") != "0"
 
 
+def resident_cache_setting() -> bool | None:
+    """`MAXWHISPER_RESIDENT_CACHE`: 1 keeps the decoder's self-attention cache in buffers on the
+    graph's device that the graph updates in place, 0 keeps it in host memory. Unset: None, and
+    the engine decides (on for an accelerator, off on the CPU, where the host arrays are the
+    device's memory already and maxwhisper's self-attention kernel reads them)."""
+    value = os.environ.get("MAXWHISPER_RESIDENT_CACHE")
+    if value is None:
+        return None
+    if value not in ("0", "1"):
+        raise ValueError(f"MAXWHISPER_RESIDENT_CACHE must be 0 or 1, not {value!r}")
+    return value == "1"
+
+
 def encoder_float64_blocks() -> int | None:
     """`MAXWHISPER_ENCODER_FLOAT64_BLOCKS`: how many of the encoder's first blocks (with the
     conv stem) compute in float64 when the model runs in float32 on the CPU; 0 is all float32.

@@ -142,21 +142,27 @@ def test_released_weights_use_every_kernel_on_cpu():
     assert model.kernels == {"vocab", "linear", "cross_attention", "self_attention"}
 
 
+def short_clip_windows(speech_clips, count: int = 3) -> np.ndarray:
+    """(count, n_mels, 3000): the first short clips' padded log-mel windows."""
+    from maxwhisper.audio import N_FRAMES, load_audio, log_mel_spectrogram, pad_or_trim
+
+    clips = [c for c in speech_clips if c.duration_s <= 30][:count]
+    return np.stack([pad_or_trim(log_mel_spectrogram(load_audio(c.path)), N_FRAMES)
+                     for c in clips])
+
+
 @pytest.mark.slow
 def test_decoder_without_kernels_decodes_as_with_them(speech_clips):
     """The decoder graph on MAX's ops alone (what an accelerator runs, and every
     MAXWHISPER_*_KERNEL=0) compiles and gives the kernels' tokens: a batch of windows (greedy,
     rows in window groups) and beam search (five rows sharing a window)."""
-    from maxwhisper.audio import N_FRAMES, load_audio, log_mel_spectrogram, pad_or_trim
     from maxwhisper.decoding import DecodingOptions, decode, decode_batch
     from maxwhisper.runtime import MaxWhisperModel
 
     with_kernels = max_model("tiny.en")
     plain = MaxWhisperModel(with_kernels.weights, device="cpu", kernels=frozenset(),
                             verbose=False)
-    clips = [c for c in speech_clips if c.duration_s <= 30][:3]
-    mels = np.stack([pad_or_trim(log_mel_spectrogram(load_audio(c.path)), N_FRAMES)
-                     for c in clips])
+    mels = short_clip_windows(speech_clips)
     features = with_kernels.encode(mels)
     greedy = DecodingOptions(language="en")
     assert ([r.tokens for r in decode_batch(plain, features, greedy)]
@@ -165,6 +171,35 @@ def test_decoder_without_kernels_decodes_as_with_them(speech_clips):
     window = features.window(0)
     assert (decode(plain, mels[0], beam, features=window).tokens
             == decode(with_kernels, mels[0], beam, features=window).tokens)
+
+
+@pytest.mark.slow
+def test_resident_cache_decodes_as_the_host_cache(speech_clips):
+    """The accelerator's decoding state (`ResidentKVCache`: the self-attention cache in buffers
+    on the graph's device, written by the graph itself), run on the CPU: the same tokens as the
+    host cache for a batch of windows, beam search (rows reordered every step) and a window
+    decoded after a prompt (a prefill of many tokens, then single steps)."""
+    from maxwhisper.decoding import DecodingOptions, decode, decode_batch
+    from maxwhisper.runtime import MaxWhisperModel, ResidentKVCache
+    from maxwhisper.tokenizer import get_tokenizer
+
+    host = max_model("tiny.en")
+    resident = MaxWhisperModel(host.weights, device="cpu", kernels=frozenset(), verbose=False,
+                               resident_cache=True)
+    assert isinstance(resident.new_cache(2), ResidentKVCache)
+    mels = short_clip_windows(speech_clips)
+    features = host.encode(mels)
+    greedy = DecodingOptions(language="en")
+    assert ([r.tokens for r in decode_batch(resident, features, greedy)]
+            == [r.tokens for r in decode_batch(host, features, greedy)])
+    eot = get_tokenizer(False).eot
+    earlier = decode(host, None, greedy, features=features.window(0)).tokens
+    prompt = [t for t in earlier if t < eot]  # another window's text, as the long-form loop
+    window = features.window(1)
+    for options in (DecodingOptions(language="en", beam_size=5),
+                    DecodingOptions(language="en", prompt=prompt)):
+        assert (decode(resident, mels[1], options, features=window).tokens
+                == decode(host, mels[1], options, features=window).tokens)
 
 
 @pytest.fixture(scope="module")

@@ -64,9 +64,27 @@ def test_every_graph_builds_for_an_accelerator(tiny_weights, dtype):
     from maxwhisper import model
     from maxwhisper.runtime import DTYPES, GRAPH_BUILDERS
 
+    def params():
+        return model.Params(tiny_weights, DeviceRef.GPU(0), DTYPES[dtype])
+
     for kind, builder in GRAPH_BUILDERS.items():
-        graph = builder(model.Params(tiny_weights, DeviceRef.GPU(0), DTYPES[dtype]))
+        graph = builder(params())
         assert all(value.type.device == DeviceRef.GPU(0) for value in graph.inputs), kind
+    # the accelerator's default decoder: the cache in buffers there, only the offset on the host
+    graph = model.build_decoder_graph(params(), resident_cache=True)
+    assert [str(value.type.device) for value in graph.inputs].count("cpu:0") == 1
+
+
+def test_resident_cache_setting(monkeypatch):
+    from maxwhisper.settings import resident_cache_setting
+
+    monkeypatch.delenv("MAXWHISPER_RESIDENT_CACHE", raising=False)
+    assert resident_cache_setting() is None  # the engine decides: on for an accelerator
+    monkeypatch.setenv("MAXWHISPER_RESIDENT_CACHE", "1")
+    assert resident_cache_setting() is True
+    monkeypatch.setenv("MAXWHISPER_RESIDENT_CACHE", "yes")
+    with pytest.raises(ValueError, match="MAXWHISPER_RESIDENT_CACHE"):
+        resident_cache_setting()
 
 
 def test_kernels_apply_to_released_weights_on_the_cpu_in_float32(monkeypatch, tiny_weights,

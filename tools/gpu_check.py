@@ -68,7 +68,8 @@ def _max_worker(spec: dict) -> dict:
     start = time.perf_counter()
     model = load_model(spec["model"], device=spec["device"], dtype=spec["dtype"], verbose=True)
     result = {"load_s": time.perf_counter() - start, "device": model.device,
-              "kernels": sorted(model.kernels), "clips": {}, "longform": {}}
+              "kernels": sorted(model.kernels), "resident_cache": model.resident_cache,
+              "clips": {}, "longform": {}}
 
     def run(audio, **options):
         model.stats.reset()
