@@ -10,8 +10,11 @@ engine and dtype runs in a process of its own (torch and MAX never share one). W
 `OUT/gpu-results.json` with the device name, versions, per-engine wall times, encoder ms per
 window, decoder ms per step, and whether the tokens are identical. float16 on a CPU is skipped
 (MAX's CPU half precision is ~100x slower and torch's CPU fp16 transcribe is unsupported).
+Also MAX's batched mode (`--batched 8`) and, on a GPU, the long-form greedy once more with the
+self-attention cache on the host (MAXWHISPER_RESIDENT_CACHE=0): what its round trips cost.
+The workers run in order of importance within `--budget` seconds (a lent device's time is short).
 `tools/gpu_stage.sh` puts what the device image lacks (the `max` wheels, openai-whisper, the
-weights and clips) into `.gpu/` to be carried there.
+weights and clips) into `.gpu/` to be carried there; `tools/gpu_run.sh` unpacks it and runs this.
 """
 
 from __future__ import annotations
@@ -148,8 +151,9 @@ WORKERS = {"max": _max_worker, "openai": _openai_worker}
 
 
 def run_worker(spec: dict, timeout_s: float) -> dict:
+    env = {**os.environ, **spec.get("env", {})}
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
-                          capture_output=True, text=True, timeout=timeout_s)
+                          capture_output=True, text=True, timeout=timeout_s, env=env)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
                 else f"exit {proc.returncode}", "stderr_tail": proc.stderr[-3000:]}
@@ -202,16 +206,21 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # the parity pair first, so a short lease still answers "are the tokens the same?"
-    order = [(engine, dtype) for dtype in dtypes for engine in ("max", "openai")]
+    order = [(f"{engine}-{dtype}", {"engine": engine, "dtype": dtype,
+              "batched": args.batched if (engine, dtype) == ("max", "float32") else 0})
+             for dtype in dtypes for engine in ("max", "openai")]
+    if args.device != "cpu":  # last, if time is left: what the host cache's round trips cost
+        order.append(("max-float32-host-cache", {
+            "engine": "max", "dtype": "float32", "batched": 0, "clips": [], "beams": [1],
+            "env": {"MAXWHISPER_RESIDENT_CACHE": "0"}}))
     deadline = time.monotonic() + args.budget
-    for engine, dtype in order:
-        key, left = f"{engine}-{dtype}", deadline - time.monotonic()
+    for key, extra in order:
+        left = deadline - time.monotonic()
         if left < 30:
             report["runs"][key] = {"error": "skipped: the check's time budget was spent"}
             continue
         print(f"gpu_check: {key} ...", file=sys.stderr, flush=True)
-        spec = {**base, "engine": engine, "dtype": dtype,
-                "batched": args.batched if (engine, dtype) == ("max", "float32") else 0}
+        spec = {**base, **extra}
         try:
             report["runs"][key] = run_worker(spec, min(args.timeout, left))
         except subprocess.TimeoutExpired as exc:
