@@ -484,6 +484,17 @@ def decoder_input_types(dims: ModelDimensions, device: DeviceRef) -> list[Tensor
     ]
 
 
+def build_cache_gather_graph(p: Params) -> Graph:
+    """(key cache, value cache, rows) -> both caches with row b taken from old row rows[b]:
+    beam search's reorder and the repeat of a prompt's rows, done where a resident cache lives."""
+    types = [*decoder_input_types(p.weights.dims, p.device)[2:4],
+             TensorType(DType.int64, ["rows"], device=p.device)]
+    with Graph("whisper_cache_gather", input_types=types) as graph:
+        keys_t, values, rows = (value.tensor for value in graph.inputs)
+        graph.output(ops.gather(keys_t, rows, axis=1), ops.gather(values, rows, axis=1))
+    return graph
+
+
 def build_decoder_graph(p: Params, with_cross_weights: bool = False,
                         resident_cache: bool = False) -> Graph:
     """(tokens, P, key cache, value cache, cross k, cross v, picks) ->

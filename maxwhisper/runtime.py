@@ -42,6 +42,8 @@ GRAPH_BUILDERS = {
     "decoder": graph_model.build_decoder_graph,
     # the decoder again, also returning cross-attention weights (compiled on first use)
     "alignment": lambda params: graph_model.build_decoder_graph(params, with_cross_weights=True),
+    # beam reorders and repeats of a cache kept on the device (`ResidentKVCache`)
+    "cache_gather": graph_model.build_cache_gather_graph,
 }
 
 
@@ -271,46 +273,38 @@ class KVCache:
 
 class ResidentKVCache:
     """The same cache as `KVCache`, held in buffers on the decoder's device: the decoder graph
-    built with `resident_cache` stores each step's keys and values into them itself, so on an
-    accelerator the cache never crosses to the host while a window is decoded. Reordering
-    beams and repeating rows go through the host (once a step in beam search; TODO for an
-    accelerator: a gather on the device)."""
+    built with `resident_cache` stores each step's keys and values into them itself, and beam
+    reorders and repeats run as a gather on the device (`gather`: the model's cache_gather
+    graph), so on an accelerator the cache never crosses to the host while a window is decoded."""
 
-    def __init__(self, host: KVCache, device):
-        """`host`'s contents, copied to `device` (a new cache: `ResidentKVCache(KVCache(dims,
-        batch), device)`)."""
-        self.device, self.length, self.capacity = device, host.length, host.values.shape[3]
-        self.keys_t, self.values = to_device(host.keys_t, device), to_device(host.values, device)
+    def __init__(self, keys_t: Buffer, values: Buffer, length: int, gather):
+        self.keys_t, self.values, self.length, self._gather = keys_t, values, length, gather
+        self.capacity = values.shape[3]
 
     def inputs(self) -> tuple[Buffer, Buffer, Buffer]:
         # P stays on the host: the graph slices the buffers with it
         return Buffer.from_numpy(np.array([self.length], dtype=np.int64)), self.keys_t, self.values
 
-    def advance(self, n: int) -> None:
-        """Count the n slots the graph has just filled (checked before it runs: `reserve`)."""
-        self.length += n
-
     def reserve(self, n: int) -> None:
+        """Check that n more slots fit, before the graph writes them."""
         if self.length + n > self.capacity:
             raise ValueError(f"decoder context of {self.capacity} tokens exceeded")
 
-    def _on_host(self) -> KVCache:
-        host = KVCache.__new__(KVCache)
-        host.keys_t = self.keys_t.to(CPU()).to_numpy()
-        host.values = self.values.to(CPU()).to_numpy()
-        host.length = self.length
-        return host
+    def advance(self, n: int) -> None:
+        """Count the n slots the graph has just filled."""
+        self.length += n
 
     def reorder(self, source_rows: np.ndarray) -> None:
-        if np.array_equal(source_rows, np.arange(len(source_rows))):
-            return
-        host = self._on_host()
-        host.reorder(source_rows)
-        self.keys_t, self.values = (to_device(host.keys_t, self.device),
-                                    to_device(host.values, self.device))
+        """Row b becomes old row source_rows[b] (new buffers, gathered on the device)."""
+        rows = np.asarray(source_rows, dtype=np.int64)
+        if not np.array_equal(rows, np.arange(len(rows))):
+            self.keys_t, self.values = self._gather(self.keys_t, self.values, rows)
 
     def repeated(self, times: int) -> ResidentKVCache:
-        return ResidentKVCache(self._on_host().repeated(times), self.device)
+        """Each row `times` times, the copies of row r in rows r * times ... (as `KVCache`)."""
+        rows = np.repeat(np.arange(self.keys_t.shape[1], dtype=np.int64), times)
+        return ResidentKVCache(*self._gather(self.keys_t, self.values, rows), self.length,
+                               self._gather)
 
 
 @dataclass
@@ -519,8 +513,18 @@ class MaxWhisperModel:
 
     def new_cache(self, batch: int) -> KVCache | ResidentKVCache:
         if self.resident_cache:
-            return ResidentKVCache(KVCache(self.dims, batch), self.driver_device)
+            empty = KVCache(self.dims, batch)
+            return ResidentKVCache(to_device(empty.keys_t, self.driver_device),
+                                   to_device(empty.values, self.driver_device), 0,
+                                   self._gather_cache)
         return KVCache(self.dims, batch)
+
+    def _gather_cache(self, keys_t: Buffer, values: Buffer, rows: np.ndarray
+                      ) -> tuple[Buffer, Buffer]:
+        """The cache_gather graph on buffers already on the device; its outputs stay there."""
+        keys_t, values = self._graph("cache_gather").execute(
+            keys_t, values, to_device(rows, self.driver_device))
+        return keys_t, values
 
     @property
     def alignment_heads(self) -> np.ndarray:
