@@ -221,6 +221,12 @@ def compile_piece(name: str, input_types: list, body, weights: WhisperWeights,
     return Piece(name, model, driver, registry, time.perf_counter() - start)
 
 
+def check_context(filled: int, n: int, capacity: int) -> None:
+    """A self-attention cache of `capacity` slots, `filled` of them used, must take n more."""
+    if filled + n > capacity:
+        raise ValueError(f"decoder context of {capacity} tokens exceeded")
+
+
 class KVCache:
     """Self-attention keys (L, B, H, hd, T) and values (L, B, H, T, hd), preallocated for the
     whole text context T, of which the first `length` slots are filled.
@@ -241,8 +247,7 @@ class KVCache:
 
     def append(self, new_keys_t: np.ndarray, new_values: np.ndarray) -> None:
         n, start = new_values.shape[3], self.length
-        if start + n > self.values.shape[3]:
-            raise ValueError(f"decoder context of {self.values.shape[3]} tokens exceeded")
+        check_context(start, n, self.values.shape[3])
         self.keys_t[..., start : start + n] = new_keys_t
         self.values[:, :, :, start : start + n] = new_values
         self.length += n
@@ -287,8 +292,7 @@ class ResidentKVCache:
 
     def reserve(self, n: int) -> None:
         """Check that n more slots fit, before the graph writes them."""
-        if self.length + n > self.capacity:
-            raise ValueError(f"decoder context of {self.capacity} tokens exceeded")
+        check_context(self.length, n, self.capacity)
 
     def advance(self, n: int) -> None:
         """Count the n slots the graph has just filled."""
