@@ -7,6 +7,8 @@
   rows (`mojo_kernels/cross_attention.mojo`).
 - `self_attention`: the decoder's attention over the filled slots of its preallocated cache
   and over the new tokens (`mojo_kernels/self_attention.mojo`).
+- `encoder_attention`: the encoder's multi-head self-attention, from the fused q/k/v
+  projection to the merged heads (`mojo_kernels/encoder_attention.mojo`).
 
 The Mojo package is compiled once per source version into the compiled-model cache, so a warm
 start does not pay the Mojo compiler; MAX's own `custom_extensions` would rebuild a source
@@ -29,6 +31,7 @@ KERNEL_SOURCES = Path(__file__).resolve().parent / "mojo_kernels"
 LINEAR_F16 = "maxwhisper_linear_f16"
 CROSS_ATTENTION = "maxwhisper_cross_attention"
 SELF_ATTENTION = "maxwhisper_self_attention"
+ENCODER_ATTENTION = "maxwhisper_encoder_attention"
 PANEL = 64  # output columns per packed panel (linear_f16.mojo's PANEL)
 
 
@@ -124,4 +127,13 @@ def self_attention(q: TensorValue, keys_t: TensorValue, values: TensorValue,
     out_type = TensorType(DType.float32, q.shape, device=q.device)
     (out,) = ops.custom(SELF_ATTENTION, q.device,
                         [q, keys_t, values, new_keys_t, new_values, filled], [out_type])
+    return out.tensor
+
+
+def encoder_attention(qkv: TensorValue) -> TensorValue:
+    """Multi-head self-attention of every window, unmasked, from the fused projection
+    qkv (B, T, 3 d) = [q | k | v] -> (B, T, d), heads of 64 (CPU kernel, float32)."""
+    batch, length, width = qkv.shape
+    out_type = TensorType(DType.float32, [batch, length, width // 3], device=qkv.device)
+    (out,) = ops.custom(ENCODER_ATTENTION, qkv.device, [qkv], [out_type])
     return out.tensor

@@ -108,12 +108,15 @@ class Params:
         split afterwards; missing biases (the key's) are zeros. Same dot products, same values."""
         if "linear" in self.kernels:
             return self._kernel_linear(x, names)
-        t = self.weights.tensors
-        sizes = [t[f"{n}.weight"].shape[0] for n in names]
+        sizes = [self.weights.tensors[f"{n}.weight"].shape[0] for n in names]
+        return list(ops.split(self.joined_projection(x, names), sizes, axis=-1))
+
+    def joined_projection(self, x: TensorValue, names: list[str]) -> TensorValue:
+        """`fused_linear`'s one matmul, its outputs side by side (..., sum of outs)."""
         joined = "+".join(names)
         weight = self.derived(f"{joined}.weight.T", lambda: self._joined_kn(names))
         bias = self.derived(f"{joined}.bias", lambda: self._joined_bias(names))
-        return list(ops.split(x @ weight + bias, sizes, axis=-1))
+        return x @ weight + bias
 
     def _joined_kn(self, names: list[str]) -> np.ndarray:
         """The (in, sum of outs) matrix of several projections side by side."""
@@ -236,6 +239,9 @@ def qkv(x: TensorValue, p: Params, name: str) -> list[TensorValue]:
 
 def self_attention(x: TensorValue, p: Params, name: str, n_head: int) -> TensorValue:
     """Unmasked multi-head self-attention over (B, T, d) (the encoder's)."""
+    if "encoder_attention" in p.kernels and p.dtype == DType.float32:
+        joined = p.joined_projection(x, [f"{name}.query", f"{name}.key", f"{name}.value"])
+        return p.linear(custom_ops.encoder_attention(joined), f"{name}.out")
     q, k, v = (split_heads(t, n_head) for t in qkv(x, p, name))
     return p.linear(merge_heads(attention(q, ops.permute(k, [0, 1, 3, 2]), v)), f"{name}.out")
 
@@ -460,7 +466,8 @@ def build_encoder_graph(p: Params) -> Graph:
     """mel (B, n_mels, 2A) -> audio features (B, A, d), cross keys, cross values."""
     dims, dev = p.weights.dims, p.device
     mel_type = TensorType(DType.float32, ["batch", dims.n_mels, 2 * dims.n_audio_ctx], device=dev)
-    with Graph("whisper_encoder", input_types=[mel_type]) as graph:
+    extensions = [custom_ops.kernel_library()] if p.kernels else []
+    with Graph("whisper_encoder", input_types=[mel_type], custom_extensions=extensions) as graph:
         mel = _cast(graph.inputs[0].tensor, p.dtype)
         audio = encoder(mel, p, dims)
         keys, values = cross_kv(audio, p, dims)

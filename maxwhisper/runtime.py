@@ -37,6 +37,7 @@ from .settings import (
 from .weights import ModelDimensions, WhisperWeights
 
 DTYPES = {"float32": DType.float32, "float16": DType.float16}
+ENCODER_KERNELS = frozenset({"encoder_attention"})  # the rest of `default_kernels` are the decoder's
 GRAPH_BUILDERS = {
     "encoder": graph_model.build_encoder_graph,
     "decoder": graph_model.build_decoder_graph,
@@ -83,9 +84,10 @@ def default_float64_blocks(dims: ModelDimensions) -> int:
 
 
 def default_kernels(weights: WhisperWeights, device: str, dtype: str) -> frozenset[str]:
-    """maxwhisper's Mojo kernels the decoder uses: the CPU kernels in float32, each where it
+    """maxwhisper's Mojo kernels the graphs use: the CPU kernels in float32, each where it
     changes no value (the float16 ones only when the weights are exactly float16 values, as
-    the released ones are) and unless its `MAXWHISPER_*_KERNEL=0` switch turns it off."""
+    the released ones are; the attentions' sums are float32 like MAX's, in their own order)
+    and unless its `MAXWHISPER_*_KERNEL=0` switch turns it off."""
     if device != "cpu" or dtype != "float32":
         return frozenset()
     tensors = weights.tensors
@@ -97,6 +99,7 @@ def default_kernels(weights: WhisperWeights, device: str, dtype: str) -> frozens
                       and array.ndim == 2),
         "cross_attention": head_width == 64,
         "self_attention": head_width == 64,
+        "encoder_attention": weights.dims.n_audio_state // weights.dims.n_audio_head == 64,
     }
     return frozenset(name for name, ok in applies.items() if ok and kernel_allowed(name))
 
@@ -380,9 +383,10 @@ class MaxWhisperModel:
         if kind not in self._graphs:
             # each graph gets its own Params, which records only the weights it uses
             float64_blocks = self.float64_blocks if kind == "encoder" else 0
+            kernels = {kernel for kernel in self.kernels
+                       if (kernel in ENCODER_KERNELS) == (kind == "encoder")}
             params = graph_model.Params(self.weights, self._device_ref, DTYPES[self.dtype],
-                                        kernels=self.kernels if kind != "encoder" else frozenset(),
-                                        float64_blocks=float64_blocks)
+                                        kernels=frozenset(kernels), float64_blocks=float64_blocks)
             builder = GRAPH_BUILDERS[kind]
             if kind == "decoder" and self.resident_cache:
                 builder = partial(graph_model.build_decoder_graph, resident_cache=True)

@@ -43,14 +43,16 @@ KERNEL_SWITCHES = {
     "linear": "MAXWHISPER_LINEAR_KERNEL",  # the decoder layers' projections
     "cross_attention": "MAXWHISPER_CROSS_ATTENTION_KERNEL",  # the attention to the audio
     "self_attention": "MAXWHISPER_SELF_ATTENTION_KERNEL",  # the attention over the cache
+    "encoder_attention": "MAXWHISPER_ENCODER_ATTENTION_KERNEL",  # the encoder's attention
 }
 
 
 def kernel_allowed(kernel: str) -> bool:
     """Each of maxwhisper's Mojo kernels can be turned off for A/B runs: `MAXWHISPER_VOCAB_KERNEL=0`
     (the output projection), `MAXWHISPER_LINEAR_KERNEL=0` (the layers' projections),
-    `MAXWHISPER_CROSS_ATTENTION_KERNEL=0` and `MAXWHISPER_SELF_ATTENTION_KERNEL=0` (the two
-    attentions) fall back to MAX's own ops."""
+    `MAXWHISPER_CROSS_ATTENTION_KERNEL=0` and `MAXWHISPER_SELF_ATTENTION_KERNEL=0` (the
+    decoder's two attentions) and `MAXWHISPER_ENCODER_ATTENTION_KERNEL=0` (the encoder's) fall
+    back to MAX's own ops."""
     return os.environ.get(KERNEL_SWITCHES[kernel], "1") != "0"
 
 

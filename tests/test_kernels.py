@@ -131,6 +131,33 @@ def test_grouped_cross_attention_ops_equal_the_kernel(attention_piece, weights_o
             assert np.abs(weights[0][:, :, 0].transpose(1, 0, 2) - exact).max() < 1e-6
 
 
+@pytest.fixture(scope="module")
+def encoder_attention_piece():
+    def body(qkv, _params):
+        return custom_ops.encoder_attention(qkv)
+
+    return compile_piece("encoder_attention_test", [(DType.float32, ["batch", "length", "width"])],
+                         body, load_weights("tiny.en"), "cpu", kernels=True)
+
+
+@pytest.mark.parametrize("batch,length,heads", [
+    (1, 1500, 6),  # a tiny window: 62 work items of 24 rows and one of 12
+    (2, 37, 6), (3, 130, 2), (1, 64, 8), (1, 1, 1), (2, 65, 3),  # ragged tiles, rows and items
+])
+def test_encoder_attention_equals_softmax_attention(encoder_attention_piece, batch, length, heads):
+    rng = np.random.default_rng(batch * length + heads)
+    d = 64 * heads
+    qkv = (2 * rng.standard_normal((batch, length, 3 * d))).astype(np.float32)
+    (out,) = encoder_attention_piece(qkv)
+    split = qkv.astype(np.float64).reshape(batch, length, 3, heads, 64)
+    q, k, v = (split[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # (B, H, T, 64)
+    scores = q @ k.transpose(0, 1, 3, 2) / 8.0
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    expected = (weights @ v).transpose(0, 2, 1, 3).reshape(batch, length, d)
+    assert out.shape == (batch, length, d) and np.abs(out - expected).max() < 3e-5
+
+
 def test_fits_float16():
     assert custom_ops.fits_float16(np.array([0.5, -2.0, 1e-3], np.float16).astype(np.float32))
     assert not custom_ops.fits_float16(np.array([0.1], np.float32))
@@ -139,7 +166,8 @@ def test_fits_float16():
 def test_released_weights_use_every_kernel_on_cpu():
     model = max_model("tiny.en")
     assert model.device == "cpu"
-    assert model.kernels == {"vocab", "linear", "cross_attention", "self_attention"}
+    assert model.kernels == {"vocab", "linear", "cross_attention", "self_attention",
+                             "encoder_attention"}
 
 
 def short_clip_windows(speech_clips, count: int = 3) -> np.ndarray:

@@ -1,0 +1,178 @@
+# The encoder's self-attention: for every window, head and position,
+# softmax(q . K^T / sqrt(64)) over the window's T positions, times V, read straight from the
+# fused q/k/v projection (B, T, 3 d) and written in the merged-heads layout (B, T, d).
+#
+# Why: the encoder's attention (T = 1500 queries and keys, 6 heads for tiny) is the part of a
+# 30-s window furthest from this machine's matmul rate: MAX fuses matmul-softmax-matmul itself,
+# but with the head split and merge around it the block's attention ran at ~125 GFLOP/s against
+# ~185 for its projections. Here the head split and merge are index arithmetic, and the two
+# products are register-blocked like the projections' kernel: a micro-block of six query rows
+# keeps 6 x 64 float32 sums in registers while 64 rows of the head's K^T (packed once per head
+# into a worker's buffer) or V stream through, so each loaded vector serves six rows. A work
+# item is 24 query rows of one head: the four micro-blocks share each 64 x 64 tile of K^T while
+# it is in L1, and the item's scores (24 x T) stay in L2 between the softmax and the value
+# product. Items are shared out over the physical cores in head order, so a core packs each
+# head's K^T once. Every value is float32; the weights are normalised after the value product
+# (one multiply per output instead of one per score).
+
+import extensibility
+from extensibility import InputTensor, OutputTensor
+from max.algorithm import sync_parallelize
+from max.gpu.host import DeviceContext
+from std.math import exp
+from std.memory import alloc
+from std.sys.info import num_physical_cores
+
+
+comptime HD = 64  # Whisper's head width, every model size
+comptime TILE = 64  # key positions whose scores stay in registers (4 AVX-512 vectors)
+comptime MICRO = 6  # query rows of a micro-block (6 x 4 accumulators of 32 registers)
+comptime ITEM = 24  # query rows of a work item (4 micro-blocks)
+
+
+@extensibility.register("maxwhisper_encoder_attention")
+struct EncoderAttention:
+    """Out (B, T, H*64) from the fused projection qkv (B, T, 3*H*64) = [q | k | v]."""
+
+    @staticmethod
+    def execute[target: StaticString](
+        attended: OutputTensor[dtype=DType.float32, rank=3, ...],
+        qkv: InputTensor[dtype=DType.float32, rank=3, ...],
+        ctx: DeviceContext,
+    ) raises:
+        comptime if target != "cpu":
+            raise Error("maxwhisper_encoder_attention is a CPU kernel")
+        var batch = qkv.dim_size(0)
+        var length = qkv.dim_size(1)
+        var width = qkv.dim_size(2)
+        var d_model = attended.dim_size(2)
+        if (width != 3 * d_model or d_model % HD != 0 or attended.dim_size(0) != batch
+                or attended.dim_size(1) != length or length == 0):
+            raise Error("maxwhisper_encoder_attention: qkv (B, T, 3 d), out (B, T, d), "
+                        + "d a multiple of 64, T > 0")
+        var heads = d_model // HD
+        var per_head = (length + ITEM - 1) // ITEM
+        var items = batch * heads * per_head
+        var padded = ((length + TILE - 1) // TILE) * TILE  # K^T and score rows, -inf/0 after T
+        var xp = qkv.unsafe_ptr()
+        var op = attended.unsafe_ptr()
+        var scale = Float32(0.125)  # 1 / sqrt(64)
+        var workers = min(num_physical_cores(), items)
+
+        def work(worker: Int) {imm}:
+            var kt = alloc[Float32](HD * padded, alignment=64)  # this head's K^T (64, padded)
+            var scores = alloc[Float32](ITEM * padded, alignment=64)
+            var totals = alloc[Float32](ITEM)  # each row's softmax denominator
+            var sums = alloc[Float32](ITEM * HD, alignment=64)  # the rows' value sums so far
+            var packed = -1  # the (window, head) whose K^T is in kt
+
+            @always_inline
+            def score_rows[rb: Int](q_row: Int, s_row: Int, h: Int) {imm}:
+                # rb query rows (absolute row q_row of qkv) against every key tile
+                for a in range(0, padded, TILE):
+                    var s = Array[SIMD[DType.float32, TILE], rb](fill=0)
+                    for d in range(HD):
+                        var k = kt.unsafe_load[width=TILE](d * padded + a)
+                        comptime for i in range(rb):
+                            s[i] += k * xp.unsafe_load((q_row + i) * width + h * HD + d)
+                    comptime for i in range(rb):
+                        scores.unsafe_store[width=TILE]((s_row + i) * padded + a, s[i] * scale)
+
+            @always_inline
+            def value_rows[rb: Int](s_row: Int, t0: Int, t1: Int, window: Int, h: Int) {imm}:
+                # rb rows' weighted sums over keys t0..t1-1 of V's rows, 64 sums a row in
+                # registers, carried between key chunks in `sums`
+                var acc = Array[SIMD[DType.float32, HD], rb](fill=0)
+                comptime for i in range(rb):
+                    acc[i] = sums.unsafe_load[width=HD]((s_row + i) * HD)
+                var vh = xp.unsafe_offset(window * length * width + 2 * d_model + h * HD)
+                for t in range(t0, t1):
+                    var v = vh.unsafe_load[width=HD](t * width)
+                    comptime for i in range(rb):
+                        acc[i] += v * scores.unsafe_load((s_row + i) * padded + t)
+                comptime for i in range(rb):
+                    sums.unsafe_store[width=HD]((s_row + i) * HD, acc[i])
+
+            for item in range(items * worker // workers, items * (worker + 1) // workers):
+                var pair = item // per_head
+                var window = pair // heads
+                var h = pair % heads
+                if pair != packed:  # K^T of this head: key t's 64 values down column t
+                    for t in range(length):
+                        var kp = xp.unsafe_offset((window * length + t) * width + d_model + h * HD)
+                        for d in range(HD):
+                            kt.unsafe_store(d * padded + t, kp.unsafe_load(d))
+                    for d in range(HD):
+                        for t in range(length, padded):
+                            kt.unsafe_store(d * padded + t, 0)
+                    packed = pair
+                var first = (item % per_head) * ITEM  # the item's first query position
+                var rows = min(ITEM, length - first)
+                var q_row = window * length + first  # its row in qkv (and in out)
+                var r = 0
+                while r < rows:  # the scores, a micro-block at a time
+                    var rb = min(MICRO, rows - r)
+                    if rb == 6:
+                        score_rows[6](q_row + r, r, h)
+                    elif rb == 5:
+                        score_rows[5](q_row + r, r, h)
+                    elif rb == 4:
+                        score_rows[4](q_row + r, r, h)
+                    elif rb == 3:
+                        score_rows[3](q_row + r, r, h)
+                    elif rb == 2:
+                        score_rows[2](q_row + r, r, h)
+                    else:
+                        score_rows[1](q_row + r, r, h)
+                    r += rb
+                # softmax numerators in place, the denominators aside
+                for i in range(rows):
+                    var row = scores.unsafe_offset(i * padded)
+                    var top = Float32.MIN
+                    var end = length - length % TILE
+                    for a in range(0, end, TILE):
+                        top = max(top, row.unsafe_load[width=TILE](a).reduce_max())
+                    for a in range(end, length):
+                        top = max(top, row.unsafe_load(a))
+                    var sums = SIMD[DType.float32, TILE](0)
+                    for a in range(0, end, TILE):
+                        var e = exp(row.unsafe_load[width=TILE](a) - top)
+                        sums += e
+                        row.unsafe_store[width=TILE](a, e)
+                    var total = sums.reduce_add()
+                    for a in range(end, length):
+                        var e = exp(row.unsafe_load(a) - top)
+                        total += e
+                        row.unsafe_store(a, e)
+                    totals.unsafe_store(i, total)
+                # out = weights @ V: a chunk of V's rows at a time (in L1) for every micro-block
+                for i in range(rows * HD):
+                    sums.unsafe_store(i, 0)
+                for t0 in range(0, length, TILE):
+                    var t1 = min(t0 + TILE, length)
+                    r = 0
+                    while r < rows:
+                        var rb = min(MICRO, rows - r)
+                        if rb == 6:
+                            value_rows[6](r, t0, t1, window, h)
+                        elif rb == 5:
+                            value_rows[5](r, t0, t1, window, h)
+                        elif rb == 4:
+                            value_rows[4](r, t0, t1, window, h)
+                        elif rb == 3:
+                            value_rows[3](r, t0, t1, window, h)
+                        elif rb == 2:
+                            value_rows[2](r, t0, t1, window, h)
+                        else:
+                            value_rows[1](r, t0, t1, window, h)
+                        r += rb
+                for i in range(rows):
+                    var inverse = 1 / totals.unsafe_load(i)
+                    var dst = op.unsafe_offset((q_row + i) * d_model + h * HD)
+                    dst.unsafe_store[width=HD](0, sums.unsafe_load[width=HD](i * HD) * inverse)
+            kt.free()
+            scores.free()
+            totals.free()
+            sums.free()
+
+        sync_parallelize(work, workers)
