@@ -155,11 +155,11 @@ def worker(spec: dict) -> None:
                 "x_realtime": result.audio_seconds / min(walls), "text": result.text,
                 "tokens": len(result.tokens), "load_s": load_s, "warmup_s": warmup_s,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "encoder_ms_per_window": None, "decoder_ms_per_token": None,
+                "encoder_ms_per_window": None, "decoder_ms_per_step": None,
             }
             if stats is not None and stats.windows:
                 record["encoder_ms_per_window"] = 1000 * stats.encode_s / stats.windows
-                record["decoder_ms_per_token"] = 1000 * stats.decode_s / max(stats.decode_steps, 1)
+                record["decoder_ms_per_step"] = 1000 * stats.decode_s / max(stats.decode_steps, 1)
                 record["prefill_ms"] = 1000 * stats.prefill_s / max(stats.prefills, 1)
                 if stats.alignments:  # word timestamps: the alignment graph, once a window
                     record["alignment_ms_per_window"] = 1000 * stats.align_s / stats.alignments
@@ -213,7 +213,7 @@ def add_ratios(results: list[dict]) -> None:
 
 def format_table(results: list[dict]) -> str:
     header = (f"{'engine':<12} {'clip':<28} {'beam':>4} {'batch':>5} {'audio s':>8} {'min s':>8} "
-              f"{'median s':>8} {'x RT':>7} {'enc ms/win':>10} {'dec ms/tok':>10} {'WER %':>6} "
+              f"{'median s':>8} {'x RT':>7} {'enc ms/win':>10} {'dec ms/step':>11} {'WER %':>6} "
               f"{'max speedup':>11}")
     lines = [header, "-" * len(header)]
     for r in results:
@@ -224,7 +224,7 @@ def format_table(results: list[dict]) -> str:
             f"{r.get('batch_size') or '-':>5} "
             f"{r['audio_seconds']:>8.1f} {r['wall_min_s']:>8.2f} {r['wall_median_s']:>8.2f} "
             f"{r['x_realtime']:>7.1f} {fmt(r['encoder_ms_per_window'], '>10.0f')} "
-            f"{fmt(r['decoder_ms_per_token'], '>10.1f')} "
+            f"{fmt(r['decoder_ms_per_step'], '>11.1f')} "
             f"{fmt(None if r['wer'] is None else 100 * r['wer'], '>6.2f')} "
             f"{fmt(speedup, '>10.2f') + ('x' if speedup else ''):>11}")
     return "\n".join(lines)
@@ -324,7 +324,7 @@ def finalize(report: dict, model: str) -> None:
         if r.get("decoder_mb_per_step") and stream:
             # the time the step's bytes take at the machine's streaming rate, and MAX's share
             r["decoder_floor_ms"] = r["decoder_mb_per_step"] / stream
-            r["decoder_share_of_floor"] = r["decoder_floor_ms"] / r["decoder_ms_per_token"]
+            r["decoder_share_of_floor"] = r["decoder_floor_ms"] / r["decoder_ms_per_step"]
     dims = load_weights(model, verify=False).dims
     report["encoder_gflop_per_window"] = encoder_gflop(dims)
     enc = [r["encoder_ms_per_window"] for r in results if r.get("encoder_ms_per_window")]
@@ -349,7 +349,7 @@ def summary(report: dict) -> str:
         if r.get("decoder_floor_ms"):
             lines.append(
                 f"max decoder, {Path(r['audio']).name} {mode_name(r)}: "
-                f"{r['decoder_ms_per_token']:.2f} ms/step reading {r['decoder_mb_per_step']:.0f} MB"
+                f"{r['decoder_ms_per_step']:.2f} ms/step reading {r['decoder_mb_per_step']:.0f} MB"
                 f" (floor {r['decoder_floor_ms']:.2f} ms at {m['streaming_gbps']:.0f} GB/s: "
                 f"{100 * r['decoder_share_of_floor']:.0f}% of the floor); prompt prefill "
                 f"{r['prefill_ms']:.0f} ms a window")

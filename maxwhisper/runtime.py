@@ -162,7 +162,8 @@ def load_graph(session, builder, params: graph_model.Params, kind: str, device_l
 @dataclass
 class RunStats:
     """Time spent in the encoder and decoder graphs since the last reset (for the benchmark):
-    decoding steps of one new token apart from prompt prefills (many tokens at once)."""
+    decoding steps (one new token, or two with a guessed one) apart from prompt prefills (the
+    first call on an empty cache)."""
 
     encode_s: float = 0.0
     windows: int = 0
@@ -255,6 +256,11 @@ class KVCache:
         self.values[:, :, :, start : start + n] = new_values
         self.length += n
 
+    def rewind(self, n: int) -> None:
+        """Forget the last n tokens (a guessed token that was not the one chosen): their slots
+        are overwritten by the next append and read by nobody before."""
+        self.length -= n
+
     def reorder(self, source_rows: np.ndarray) -> None:
         """Row b of the batch becomes old row source_rows[b] (beam search bookkeeping).
 
@@ -300,6 +306,10 @@ class ResidentKVCache:
     def advance(self, n: int) -> None:
         """Count the n slots the graph has just filled."""
         self.length += n
+
+    def rewind(self, n: int) -> None:
+        """Forget the last n tokens (as `KVCache.rewind`)."""
+        self.length -= n
 
     def reorder(self, source_rows: np.ndarray) -> None:
         """Row b becomes old row source_rows[b] (new buffers, gathered on the device)."""
@@ -461,6 +471,7 @@ class MaxWhisperModel:
             raise ValueError(f"{tokens.shape[0]} rows do not split into {features.windows} "
                              "equal groups, one per window")
         picks = self._picks(tokens, positions)
+        prefill = cache.length == 0
         start = time.perf_counter()
         if isinstance(cache, ResidentKVCache):  # the graph writes the new keys and values
             cache.reserve(tokens.shape[1])
@@ -471,12 +482,12 @@ class MaxWhisperModel:
             logits, new_k, new_v = self._run(self._graph("decoder"), tokens, *cache.inputs(),
                                              *self._cross(features), picks)
             cache.append(new_k, new_v)
-        if tokens.shape[1] == 1:
-            self.stats.decode_s += time.perf_counter() - start
-            self.stats.decode_steps += 1
-        else:
+        if prefill:
             self.stats.prefill_s += time.perf_counter() - start
             self.stats.prefills += 1
+        else:
+            self.stats.decode_s += time.perf_counter() - start
+            self.stats.decode_steps += 1
         return logits
 
     def cross_attention(self, tokens: np.ndarray, features: AudioFeatures

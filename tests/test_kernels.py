@@ -268,3 +268,28 @@ def test_self_attention_over_the_filled_cache(self_attention_piece, batch, heads
     weights /= weights.sum(-1, keepdims=True)
     expected = (weights @ vals).transpose(0, 2, 1, 3).reshape(batch * new, heads, 64)
     assert out.shape == q.shape and np.abs(out - expected).max() < 1e-5
+
+
+def test_two_new_tokens_give_the_logits_of_two_steps(jfk):
+    """The decoder computes each row and position alone, so a token and the one after it in
+    one step give bit for bit the logits (and cache) of two steps: what makes the decoding
+    loop's guessed timestamp exact (`decoding._guess`)."""
+    from maxwhisper.audio import load_audio, log_mel_spectrogram, pad_or_trim
+    from maxwhisper.tokenizer import get_tokenizer
+
+    model = max_model("tiny.en")
+    features = model.encode(log_mel_spectrogram(pad_or_trim(load_audio(jfk.path)))[None])
+    begin = get_tokenizer(False).timestamp_begin
+    prompt = np.array([[*get_tokenizer(False).sot_sequence, begin, 843, 616]], dtype=np.int64)
+    for extra in (0, 29):  # the cache's fill in and across the kernels' chunks of slots
+        tokens = np.concatenate([prompt, np.full((1, extra), 290, np.int64)], axis=1)
+        one, two = model.new_cache(1), model.new_cache(1)
+        model.decode_step(tokens, features, one, [-1])
+        model.decode_step(tokens, features, two, [-1])
+        first = model.decode_step(np.array([[begin + 40]]), features, one, [-1])[0, -1]
+        second = model.decode_step(np.array([[begin + 40]]), features, one, [-1])[0, -1]
+        both = model.decode_step(np.array([[begin + 40, begin + 40]]), features, two, [0, 1])[0]
+        assert np.array_equal(first, both[0]) and np.array_equal(second, both[1])
+        assert one.length == two.length
+        assert np.array_equal(one.keys_t[..., :one.length], two.keys_t[..., :two.length])
+        assert np.array_equal(one.values[..., :one.length, :], two.values[..., :two.length, :])

@@ -91,7 +91,7 @@ def test_kernels_apply_to_released_weights_on_the_cpu_in_float32(monkeypatch, ti
                                                                     base_weights):
     for name in KERNEL_SWITCHES.values():
         monkeypatch.delenv(name, raising=False)
-    every = {"vocab", "linear", "cross_attention", "self_attention"}
+    every = {"vocab", "linear", "cross_attention", "self_attention", "encoder_attention"}
     assert default_kernels(tiny_weights, "cpu", "float32") == every
     assert default_kernels(base_weights, "cpu", "float32") == every
     assert default_kernels(tiny_weights, "gpu", "float32") == frozenset()
