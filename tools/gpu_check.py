@@ -85,6 +85,7 @@ def _max_worker(spec: dict) -> dict:
                      "prefill_ms": 1000 * stats.prefill_s / max(stats.prefills, 1)}
 
     result = _common_worker(spec, result, load_audio, run)
+    _save_features(spec, lambda mel: model.encode(mel[None]).audio[0])
     if spec.get("batched"):  # the batched mode (VAD chunks, 8 windows a step): where a GPU pays
         longform = load_audio(Path(spec["speech_dir"]) / spec["longform"])
         try:
@@ -123,7 +124,33 @@ def _openai_worker(spec: dict) -> dict:
             torch.cuda.synchronize()
         return out, {"wall_s": time.perf_counter() - start}
 
-    return _common_worker(spec, result, load_audio, run)
+    result = _common_worker(spec, result, load_audio, run)
+
+    def encode(mel):
+        with torch.inference_mode():
+            x = torch.from_numpy(mel[None]).to(next(model.parameters()).device)
+            dtype = torch.float16 if spec["dtype"] == "float16" else torch.float32
+            return model.encoder(x.to(dtype)).float().cpu().numpy()[0]
+
+    _save_features(spec, encode)
+    return result
+
+
+def _save_features(spec: dict, encode) -> None:
+    """The encoder's output for the long-form clip's first window, saved as OUT/features-KEY.npy
+    when the spec names a folder: how far this device's float32 is from the CPU's (compared
+    where both are at hand)."""
+    if not spec.get("features_dir"):
+        return
+    from maxwhisper.audio import N_FRAMES, load_audio, log_mel_spectrogram, pad_or_trim
+
+    audio = load_audio(Path(spec["speech_dir"]) / spec["longform"])
+    mel = pad_or_trim(log_mel_spectrogram(audio[: 30 * 16000]), N_FRAMES).astype("float32")
+    features = encode(mel)
+    import numpy as np
+
+    np.save(Path(spec["features_dir"]) / f"features-{spec['engine']}-{spec['dtype']}.npy",
+            np.asarray(features, np.float32))
 
 
 def _common_worker(spec: dict, result: dict, load_audio, run) -> dict:
@@ -201,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
 
     dtypes = (args.dtypes or ("float32" if args.device == "cpu" else "float32,float16")).split(",")
     base = {"model": args.model, "device": args.device, "speech_dir": args.speech_dir,
+            "features_dir": str(Path(args.out).resolve()),
             "clips": [c for c in args.clips.split(",") if c], "longform": args.longform,
             "beams": [int(b) for b in args.beams.split(",")]}
     report = {"device": args.device, "device_name": device_name(args.device),
