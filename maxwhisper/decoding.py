@@ -440,7 +440,14 @@ def _sampled(row: np.ndarray, setup: DecodingSetup) -> list[int]:
     return row[: int(ends[0]) if len(ends) else len(row)].tolist()
 
 
-def _guess(setup: DecodingSetup, selector, tokens: np.ndarray, n_ctx: int) -> int | None:
+def _can_guess(setup: DecodingSetup, selector, tokens: np.ndarray) -> bool:
+    """Whether `_guess` applies to this window's decoding: one row, greedy, with timestamps."""
+    return (tokens.shape[0] == 1 and isinstance(selector, GreedyDecoder)
+            and selector.temperature == 0
+            and any(isinstance(f, ApplyTimestampRules) for f in setup.filters))
+
+
+def _guess(setup: DecodingSetup, tokens: np.ndarray, n_ctx: int) -> int | None:
     """The next token, guessed where a guess is nearly always right and costs nothing to check.
 
     A segment's closing timestamp is followed by the next segment's opening one (or the end),
@@ -450,11 +457,9 @@ def _guess(setup: DecodingSetup, selector, tokens: np.ndarray, n_ctx: int) -> in
     (3.3 against 3.2 ms here). The logits of each position are those of separate steps, bit
     for bit (the decoder's rows and positions are computed independently, measured), so when
     the rules pick the guessed token the second position's logits are the next step's and a
-    step is saved; otherwise the guess is forgotten (`cache.rewind`). One row, greedy, with
-    timestamps, and room in the text context for the extra token."""
-    if (tokens.shape[0] != 1 or not isinstance(selector, GreedyDecoder)
-            or selector.temperature != 0 or tokens.shape[1] + 1 > n_ctx
-            or not any(isinstance(f, ApplyTimestampRules) for f in setup.filters)):
+    step is saved; otherwise the guess is forgotten (`cache.rewind`). Where `_can_guess`, and
+    with room in the text context for the extra token."""
+    if tokens.shape[1] + 1 > n_ctx:
         return None
     begin = setup.tokenizer.timestamp_begin
     sampled = tokens[0, setup.sample_begin:]
@@ -467,14 +472,14 @@ def _sample(model: WhisperEngine, features, cache, setup: DecodingSetup, selecto
             tokens: np.ndarray, sum_logprobs: np.ndarray, logits: np.ndarray) -> np.ndarray:
     """From the prompt's last logits: filter, pick, run the picked tokens, until every row has
     ended or the text context is full. Returns the tokens, prompt included."""
-    guessing = timestamp_guess_allowed()
+    guessing = timestamp_guess_allowed() and _can_guess(setup, selector, tokens)
     ahead = None  # the logits after a guessed token, computed with the step before it
     for step in range(setup.sample_len):
         guess = None
         if step > 0 and ahead is not None:  # the guess was taken: this step is done already
             logits, ahead = ahead, None
         elif step > 0:
-            guess = _guess(setup, selector, tokens, model.dims.n_text_ctx) if guessing else None
+            guess = _guess(setup, tokens, model.dims.n_text_ctx) if guessing else None
             if guess is None:
                 logits = model.decode_step(tokens[:, -1:], features, cache, positions=[-1])[:, -1]
             else:

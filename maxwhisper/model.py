@@ -232,15 +232,20 @@ def attention(q: TensorValue, k_t: TensorValue, v: TensorValue,
     return attention_weights(q, k_t, mask) @ v
 
 
+def qkv_names(name: str) -> list[str]:
+    """The query, key and value projections of attention module `name`."""
+    return [f"{name}.query", f"{name}.key", f"{name}.value"]
+
+
 def qkv(x: TensorValue, p: Params, name: str) -> list[TensorValue]:
     """The query, key and value projections of x, as one fused matmul."""
-    return p.fused_linear(x, [f"{name}.query", f"{name}.key", f"{name}.value"])
+    return p.fused_linear(x, qkv_names(name))
 
 
 def self_attention(x: TensorValue, p: Params, name: str, n_head: int) -> TensorValue:
     """Unmasked multi-head self-attention over (B, T, d) (the encoder's)."""
     if "encoder_attention" in p.kernels and p.dtype == DType.float32:
-        joined = p.joined_projection(x, [f"{name}.query", f"{name}.key", f"{name}.value"])
+        joined = p.joined_projection(x, qkv_names(name))
         return p.linear(custom_ops.encoder_attention(joined), f"{name}.out")
     q, k, v = (split_heads(t, n_head) for t in qkv(x, p, name))
     return p.linear(merge_heads(attention(q, ops.permute(k, [0, 1, 3, 2]), v)), f"{name}.out")

@@ -142,13 +142,13 @@ def _save_features(spec: dict, encode) -> None:
     where both are at hand)."""
     if not spec.get("features_dir"):
         return
+    import numpy as np
+
     from maxwhisper.audio import N_FRAMES, load_audio, log_mel_spectrogram, pad_or_trim
 
     audio = load_audio(Path(spec["speech_dir"]) / spec["longform"])
     mel = pad_or_trim(log_mel_spectrogram(audio[: 30 * 16000]), N_FRAMES).astype("float32")
     features = encode(mel)
-    import numpy as np
-
     np.save(Path(spec["features_dir"]) / f"features-{spec['engine']}-{spec['dtype']}.npy",
             np.asarray(features, np.float32))
 

@@ -53,7 +53,7 @@ struct EncoderAttention:
         var heads = d_model // HD
         var per_head = (length + ITEM - 1) // ITEM
         var items = batch * heads * per_head
-        var padded = ((length + TILE - 1) // TILE) * TILE  # K^T and score rows, -inf/0 after T
+        var padded = ((length + TILE - 1) // TILE) * TILE  # K^T rows (zeros after T), score rows
         var xp = qkv.unsafe_ptr()
         var op = attended.unsafe_ptr()
         var scale = Float32(0.125)  # 1 / sqrt(64)
@@ -134,12 +134,12 @@ struct EncoderAttention:
                         top = max(top, row.unsafe_load[width=TILE](a).reduce_max())
                     for a in range(end, length):
                         top = max(top, row.unsafe_load(a))
-                    var sums = SIMD[DType.float32, TILE](0)
+                    var lanes = SIMD[DType.float32, TILE](0)  # partial sums, lane by lane
                     for a in range(0, end, TILE):
                         var e = exp(row.unsafe_load[width=TILE](a) - top)
-                        sums += e
+                        lanes += e
                         row.unsafe_store[width=TILE](a, e)
-                    var total = sums.reduce_add()
+                    var total = lanes.reduce_add()
                     for a in range(end, length):
                         var e = exp(row.unsafe_load(a) - top)
                         total += e
