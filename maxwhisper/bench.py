@@ -1,12 +1,17 @@
 """The benchmark: every engine on the same audio, weights, beam size and CPUs, one command.
 
 Each engine runs in its own worker process (torch, CTranslate2 and MAX thread pools slow each
-other down when they share a process on a small machine). A worker loads its engine (reported
-as load time: a cold compile or a warm cache hit for MAX), runs one warm-up transcription that is
-reported separately, then transcribes every clip `repeat` times. The parent collects one JSON
-line per clip, computes WER against the speech manifest's references, prints a table with the
-ratios of max to every other engine and writes JSON after every result, so Ctrl-C keeps what
-was measured.
+other down when they share a process on a small machine). The workers start one after the
+other; each loads its engine (reported as load time: a cold compile or a warm cache hit for
+MAX) and then waits for work. For every mode (beam size, batch size) each engine runs one
+warm-up transcription, reported separately; then the repeats are interleaved: round r runs
+every clip on every engine once, the engines' order rotating from round to round, one process
+at a time with the others idle. On a shared machine whose memory rate drifts by ±15 % within
+the hour, each engine so sees the same stretch of time, and the ratios compare like with like
+(run one engine after the other, and the slower minutes fall on whichever ran then).
+The parent computes WER against the speech manifest's references, prints a table with the
+ratios of max to every other engine and writes JSON after every run, so Ctrl-C keeps what was
+measured.
 """
 
 from __future__ import annotations
@@ -115,60 +120,77 @@ def encoder_gflop(dims) -> float:
 
 
 def worker(spec: dict) -> None:
+    """One engine, driven by the parent over stdin/stdout, a JSON line each way: it answers
+    {"load_s"} once loaded, then {"warmup_s"} to {"warm": [beam, batch]} and one run's
+    record to {"run": [beam, batch], "audio": path}, until stdin closes."""
     if spec.get("cpus"):
         os.sched_setaffinity(0, spec["cpus"])
-    from .audio import SAMPLE_RATE, load_audio
     from .engines import load_engine
-    from .results import TranscribeOptions
 
     start = time.perf_counter()
     engine = load_engine(spec["engine"], spec["model"], verbose=True)
-    load_s = time.perf_counter() - start
+    _answer({"load_s": time.perf_counter() - start})
+    from .audio import load_audio
+
     audios = {path: load_audio(path) for path in spec["audio"]}
-    first = next(iter(audios.values()))
-    modes = [(beam, batch) for beam in spec["beam_sizes"]
-             for batch in spec.get("batch_sizes", [0])
-             if not (batch and spec["engine"] == "openai")]  # openai-whisper has no batched mode
-    for beam, batch in modes:
-        options = TranscribeOptions(beam_size=beam, batch_size=batch or None,
-                                    word_timestamps=spec.get("word_timestamps", False),
-                                    without_timestamps=spec.get("without_timestamps", False),
-                                    vad=spec.get("vad", False) and not batch)
-        start = time.perf_counter()
-        engine.transcribe(first[: 5 * SAMPLE_RATE], options)  # warm-up on 5 s: first-call costs
-        warmup_s = time.perf_counter() - start
-        for path, audio in audios.items():
-            walls, result, stats = [], None, None
-            for _ in range(spec["repeat"]):
-                model = getattr(engine, "model", None)
-                if hasattr(model, "stats"):
-                    model.stats.reset()
-                start = time.perf_counter()
-                result = engine.transcribe(audio, options)
-                walls.append(time.perf_counter() - start)
-                stats = getattr(model, "stats", None)
-            record = {
-                "engine": spec["engine"], "audio": path, "beam_size": beam,
-                "batch_size": batch,
-                "audio_seconds": result.audio_seconds, "wall_min_s": min(walls),
-                "wall_median_s": statistics.median(walls), "walls_s": walls,
-                "x_realtime": result.audio_seconds / min(walls), "text": result.text,
-                "tokens": len(result.tokens), "load_s": load_s, "warmup_s": warmup_s,
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "encoder_ms_per_window": None, "decoder_ms_per_step": None,
-            }
-            if stats is not None and stats.windows:
-                record["encoder_ms_per_window"] = 1000 * stats.encode_s / stats.windows
-                record["decoder_ms_per_step"] = 1000 * stats.decode_s / max(stats.decode_steps, 1)
-                record["prefill_ms"] = 1000 * stats.prefill_s / max(stats.prefills, 1)
-                if stats.alignments:  # word timestamps: the alignment graph, once a window
-                    record["alignment_ms_per_window"] = 1000 * stats.align_s / stats.alignments
-                rows = batch or beam  # a batch step: one row per chunk, each its own window
-                record["decoder_mb_per_step"] = model.decoder_bytes_per_step(
-                    rows, windows=batch or 1) / 1e6
-                record["kernels"] = sorted(model.kernels)
-                record["compile"] = {k: list(v) for k, v in engine.model.report.entries.items()}
-            print(json.dumps(record), flush=True)
+    for line in sys.stdin:
+        command = json.loads(line)
+        beam, batch = command.get("warm") or command["run"]
+        options = _options(spec, beam, batch)
+        if "warm" in command:
+            from .audio import SAMPLE_RATE
+
+            first = next(iter(audios.values()))
+            start = time.perf_counter()
+            engine.transcribe(first[: 5 * SAMPLE_RATE], options)  # first-call costs, on 5 s
+            _answer({"warmup_s": time.perf_counter() - start})
+        else:
+            _answer(_run_once(engine, spec["engine"], audios, command["audio"], options,
+                              beam, batch))
+
+
+def _answer(message: dict) -> None:
+    print(json.dumps(message), flush=True)
+
+
+def _options(spec: dict, beam: int, batch: int):
+    from .results import TranscribeOptions
+
+    return TranscribeOptions(beam_size=beam, batch_size=batch or None,
+                             word_timestamps=spec.get("word_timestamps", False),
+                             without_timestamps=spec.get("without_timestamps", False),
+                             vad=spec.get("vad", False) and not batch)
+
+
+def _run_once(engine, name: str, audios: dict, path: str, options, beam: int, batch: int
+              ) -> dict:
+    """One timed transcription of `path`, with MAX's own timings when the engine has them."""
+    model = getattr(engine, "model", None)
+    if hasattr(model, "stats"):
+        model.stats.reset()
+    start = time.perf_counter()
+    result = engine.transcribe(audios[path], options)
+    wall = time.perf_counter() - start
+    record = {
+        "engine": name, "audio": path, "beam_size": beam, "batch_size": batch,
+        "audio_seconds": result.audio_seconds, "wall_s": wall, "text": result.text,
+        "tokens": len(result.tokens),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "encoder_ms_per_window": None, "decoder_ms_per_step": None,
+    }
+    stats = getattr(model, "stats", None)
+    if stats is not None and stats.windows:
+        record["encoder_ms_per_window"] = 1000 * stats.encode_s / stats.windows
+        record["decoder_ms_per_step"] = 1000 * stats.decode_s / max(stats.decode_steps, 1)
+        record["prefill_ms"] = 1000 * stats.prefill_s / max(stats.prefills, 1)
+        if stats.alignments:  # word timestamps: the alignment graph, once a window
+            record["alignment_ms_per_window"] = 1000 * stats.align_s / stats.alignments
+        rows = batch or beam  # a batch step: one row per chunk, each its own window
+        record["decoder_mb_per_step"] = model.decoder_bytes_per_step(
+            rows, windows=batch or 1) / 1e6
+        record["kernels"] = sorted(model.kernels)
+        record["compile"] = {k: list(v) for k, v in engine.model.report.entries.items()}
+    return record
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,14 +252,73 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+SETTLE_S = 0.2  # idle time before each run: the last engine's thread pools stop spinning
+
+
+class WorkerFailed(RuntimeError):
+    pass
+
+
+class Worker:
+    """One engine's worker process, asked one thing at a time (see `worker`)."""
+
+    def __init__(self, engine: str, spec: dict):
+        self.engine = engine
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "maxwhisper.bench", json.dumps({**spec, "engine": engine})],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.load_s = self._answer()["load_s"]
+
+    def ask(self, command: dict) -> dict:
+        try:
+            self.proc.stdin.write(json.dumps(command) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it has died; _answer says how
+        return self._answer()
+
+    def _answer(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise WorkerFailed(f"the {self.engine} worker failed (exit {self.proc.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _runs(engine: str, batch: int) -> bool:
+    """Whether `engine` has the mode: openai-whisper has no batched one."""
+    return not (batch and engine == "openai")
+
+
+def merge_run(record: dict | None, run: dict) -> dict:
+    """An engine/clip/mode record with one more run: every wall time kept, the timings and
+    text of the fastest run (the one `wall_min_s` reports)."""
+    walls = (record["walls_s"] if record else []) + [run.pop("wall_s")]
+    merged = dict(record or {})
+    if record is None or walls[-1] < record["wall_min_s"]:
+        merged.update(run)
+    merged.update(walls_s=walls, wall_min_s=min(walls), wall_median_s=statistics.median(walls),
+                  x_realtime=merged["audio_seconds"] / min(walls),
+                  peak_rss_mb=max(run["peak_rss_mb"], merged["peak_rss_mb"]))
+    return merged
+
+
 def run_benchmark(audio: list[str], engines: list[str], model: str = "tiny.en",
                   beam_sizes: tuple[int, ...] = (1,), repeat: int = 3, out: Path | None = None,
                   cpus: list[int] | None = None, on_result=None,
                   word_timestamps: bool = False, batch_sizes: tuple[int, ...] = (0,),
                   without_timestamps: bool = False, vad: bool = False) -> dict:
-    """Run every engine in its own worker over `audio`; returns (and saves) the report.
+    """Run every engine in its own worker over `audio`, repeats interleaved (see the module's
+    docstring); returns (and saves) the report.
 
-    `on_result(record, done, total)` is called after each engine/clip/beam result.
+    `on_result(record, done, total)` is called when an engine/clip/mode result is complete.
     """
     from .errors import AudioError
     from .settings import build_dir
@@ -250,33 +331,65 @@ def run_benchmark(audio: list[str], engines: list[str], model: str = "tiny.en",
     cpus = cpus or sorted(os.sched_getaffinity(0))
     report = {"machine": machine_info(), "model": model, "engines": engines,
               "beam_sizes": list(beam_sizes), "batch_sizes": list(batch_sizes),
-              "repeat": repeat, "results": [], "word_timestamps": word_timestamps,
-              "without_timestamps": without_timestamps, "vad": vad}
+              "repeat": repeat, "interleaved": True, "results": [],
+              "word_timestamps": word_timestamps, "without_timestamps": without_timestamps,
+              "vad": vad}
     report["machine"]["numpy_matmul_gflops"] = matmul_gflops()
     report["machine"]["streaming_gbps"] = streaming_gbps()
-    total = sum(len(audio) * len(beam_sizes) * len([b for b in batch_sizes
-                                                     if not (b and engine == "openai")])
-                for engine in engines)
+    modes = [(beam, batch) for beam in beam_sizes for batch in batch_sizes]
+    total = sum(len(audio) for engine in engines for _, batch in modes if _runs(engine, batch))
+    spec = {"model": model, "audio": audio, "cpus": cpus, "word_timestamps": word_timestamps,
+            "without_timestamps": without_timestamps, "vad": vad}
+    workers: dict[str, Worker] = {}
+    records: dict[tuple, dict] = {}
+
+    def ask(engine: str, command: dict) -> dict | None:
+        try:
+            return workers[engine].ask(command)
+        except WorkerFailed as exc:  # the others go on
+            print(f"bench: {exc}", file=sys.stderr)
+            workers.pop(engine).close()
+            return None
+
     try:
-        for engine in engines:
-            spec = {"engine": engine, "model": model, "audio": audio, "cpus": cpus,
-                    "beam_sizes": list(beam_sizes), "repeat": repeat,
-                    "word_timestamps": word_timestamps, "batch_sizes": list(batch_sizes),
-                    "without_timestamps": without_timestamps, "vad": vad}
-            proc = subprocess.Popen([sys.executable, "-m", "maxwhisper.bench", json.dumps(spec)],
-                                    stdout=subprocess.PIPE, text=True)
-            for line in proc.stdout:
-                record = json.loads(line)
-                _add_wer(record)
-                report["results"].append(record)
-                _save(out, report)
-                if on_result:
-                    on_result(record, len(report["results"]), total)
-            if proc.wait() != 0:
-                print(f"bench: the {engine} worker failed (exit {proc.returncode})",
-                      file=sys.stderr)
+        for engine in engines:  # one at a time, so each load time is its own
+            try:
+                workers[engine] = Worker(engine, spec)
+            except WorkerFailed as exc:
+                print(f"bench: {exc}", file=sys.stderr)
+        for beam, batch in modes:
+            warmups = {e: ask(e, {"warm": [beam, batch]}) for e in list(workers)
+                       if _runs(e, batch)}
+            for round_index in range(repeat):
+                active = [e for e in workers if warmups.get(e)]
+                turn = round_index % max(len(active), 1)
+                for path in audio:
+                    for engine in active[turn:] + active[:turn]:
+                        if engine not in workers:
+                            continue
+                        time.sleep(SETTLE_S)
+                        run = ask(engine, {"run": [beam, batch], "audio": path})
+                        if run is None:
+                            continue
+                        key = (engine, path, beam, batch)
+                        record = merge_run(records.get(key), run)
+                        record.update(load_s=workers[engine].load_s,
+                                      warmup_s=warmups[engine]["warmup_s"])
+                        _add_wer(record)
+                        records[key] = record
+                        report["results"] = list(records.values())
+                        _save(out, report)
+                        if round_index == repeat - 1 and on_result:
+                            done = sum(len(r["walls_s"]) == repeat for r in records.values())
+                            on_result(record, done, total)
     except KeyboardInterrupt:
         print(f"bench: interrupted; results so far are in {out}", file=sys.stderr)
+    finally:
+        for w in workers.values():
+            w.close()
+    order = {e: i for i, e in enumerate(engines)}  # the table: engine by engine, as given
+    report["results"] = sorted(records.values(), key=lambda r: (
+        order[r["engine"]], audio.index(r["audio"]), modes.index(mode(r))))
     finalize(report, model)
     _save(out, report)
     report["path"] = str(out)
