@@ -100,6 +100,21 @@ def test_cross_attention_equals_softmax_attention(attention_piece, rows, windows
     assert out.shape == (rows, heads, 64) and np.abs(out - expected).max() < 1e-5
 
 
+
+@pytest.mark.parametrize("audio", [1500, 77, 5])
+def test_cross_attention_streamed_rows_equal_register_rows(attention_piece, audio):
+    """One or two rows of a window read K^T as one stream (scores summed in memory), three or
+    more keep 64 positions of scores in registers: the same sums in the same order, so a row's
+    output and weights are the same bits either way."""
+    rng = np.random.default_rng(audio)
+    q = rng.standard_normal((2, 6, 64)).astype(np.float32)
+    keys_t = rng.standard_normal((1, 6, 64, audio)).astype(np.float32)
+    values = rng.standard_normal((1, 6, audio, 64)).astype(np.float32)
+    streamed_out, streamed_weights = attention_piece(q, keys_t, values)
+    register_out, register_weights = attention_piece(np.tile(q, (3, 1, 1)), keys_t, values)
+    assert np.array_equal(streamed_out, register_out[:2])
+    assert np.array_equal(streamed_weights, register_weights[:, :2])
+
 @pytest.mark.parametrize("weights_out", [True, False], ids=["alignment", "decoding"])
 def test_grouped_cross_attention_ops_equal_the_kernel(attention_piece, weights_out):
     """MAX's ops path (accelerators, MAXWHISPER_CROSS_ATTENTION_KERNEL=0) takes the same groups.
