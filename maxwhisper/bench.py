@@ -6,9 +6,10 @@ other; each loads its engine (reported as load time: a cold compile or a warm ca
 MAX) and then waits for work. For every mode (beam size, batch size) each engine runs one
 warm-up transcription, reported separately; then the repeats are interleaved: round r runs
 every clip on every engine once, the engines' order rotating from round to round, one process
-at a time with the others idle. On a shared machine whose memory rate drifts by ±15 % within
-the hour, each engine so sees the same stretch of time, and the ratios compare like with like
-(run one engine after the other, and the slower minutes fall on whichever ran then).
+at a time with the others stopped (see `Worker`). On a shared machine whose memory rate drifts
+by ±15 % within the hour, each engine so sees the same stretch of time, and the ratios compare
+like with like (run one engine after the other, and the slower minutes fall on whichever ran
+then).
 The parent computes WER against the speech manifest's references, prints a table with the
 ratios of max to every other engine and writes JSON after every run, so Ctrl-C keeps what was
 measured.
@@ -21,6 +22,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -260,7 +262,10 @@ class WorkerFailed(RuntimeError):
 
 
 class Worker:
-    """One engine's worker process, asked one thing at a time (see `worker`)."""
+    """One engine's worker process, asked one thing at a time (see `worker`). Between its
+    turns it is stopped (SIGSTOP): an idle MAX process still takes ~12 % of a core (its
+    runtime's threads, measured over 10 s; torch's and CTranslate2's take none), which would
+    slow whichever engine runs meanwhile."""
 
     def __init__(self, engine: str, spec: dict):
         self.engine = engine
@@ -268,14 +273,18 @@ class Worker:
             [sys.executable, "-m", "maxwhisper.bench", json.dumps({**spec, "engine": engine})],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.load_s = self._answer()["load_s"]
+        self._signal("SIGSTOP")
 
     def ask(self, command: dict) -> dict:
+        self._signal("SIGCONT")
         try:
             self.proc.stdin.write(json.dumps(command) + "\n")
             self.proc.stdin.flush()
         except BrokenPipeError:
             pass  # it has died; _answer says how
-        return self._answer()
+        answer = self._answer()
+        self._signal("SIGSTOP")
+        return answer
 
     def _answer(self) -> dict:
         line = self.proc.stdout.readline()
@@ -283,7 +292,12 @@ class Worker:
             raise WorkerFailed(f"the {self.engine} worker failed (exit {self.proc.wait()})")
         return json.loads(line)
 
+    def _signal(self, name: str) -> None:
+        if hasattr(signal, name) and self.proc.poll() is None:  # POSIX; elsewhere it idles
+            self.proc.send_signal(getattr(signal, name))
+
     def close(self) -> None:
+        self._signal("SIGCONT")
         if self.proc.stdin:
             self.proc.stdin.close()
         try:
