@@ -127,6 +127,7 @@ def worker(spec: dict) -> None:
     record to {"run": [beam, batch], "audio": path}, until stdin closes."""
     if spec.get("cpus"):
         os.sched_setaffinity(0, spec["cpus"])
+    _die_with_parent()
     from .engines import load_engine
 
     start = time.perf_counter()
@@ -149,6 +150,16 @@ def worker(spec: dict) -> None:
         else:
             _answer(_run_once(engine, spec["engine"], audios, command["audio"], options,
                               beam, batch))
+
+
+def _die_with_parent() -> None:
+    """On Linux, end this worker when the bench that drives it ends, however it ends (a
+    stopped worker would otherwise wait forever)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _answer(message: dict) -> None:
@@ -269,9 +280,11 @@ class Worker:
 
     def __init__(self, engine: str, spec: dict):
         self.engine = engine
+        # its own session: a stopped process in the bench's process group would make the
+        # kernel hang the whole group up (SIGHUP) when the shell that started it goes away
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "maxwhisper.bench", json.dumps({**spec, "engine": engine})],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
         self.load_s = self._answer()["load_s"]
         self._signal("SIGSTOP")
 
