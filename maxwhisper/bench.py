@@ -133,7 +133,7 @@ def worker(spec: dict) -> None:
     start = time.perf_counter()
     engine = load_engine(spec["engine"], spec["model"], verbose=True)
     _answer({"load_s": time.perf_counter() - start})
-    from .audio import load_audio
+    from .audio import SAMPLE_RATE, load_audio
 
     audios = {path: load_audio(path) for path in spec["audio"]}
     for line in sys.stdin:
@@ -141,8 +141,6 @@ def worker(spec: dict) -> None:
         beam, batch = command.get("warm") or command["run"]
         options = _options(spec, beam, batch)
         if "warm" in command:
-            from .audio import SAMPLE_RATE
-
             first = next(iter(audios.values()))
             start = time.perf_counter()
             engine.transcribe(first[: 5 * SAMPLE_RATE], options)  # first-call costs, on 5 s
@@ -263,9 +261,6 @@ def format_table(results: list[dict]) -> str:
             f"{fmt(None if r['wer'] is None else 100 * r['wer'], '>6.2f')} "
             f"{fmt(speedup, '>10.2f') + ('x' if speedup else ''):>11}")
     return "\n".join(lines)
-
-
-SETTLE_S = 0.2  # idle time before each run: the last engine's thread pools stop spinning
 
 
 class WorkerFailed(RuntimeError):
@@ -394,7 +389,6 @@ def run_benchmark(audio: list[str], engines: list[str], model: str = "tiny.en",
                     for engine in active[turn:] + active[:turn]:
                         if engine not in workers:
                             continue
-                        time.sleep(SETTLE_S)
                         run = ask(engine, {"run": [beam, batch], "audio": path})
                         if run is None:
                             continue
