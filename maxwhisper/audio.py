@@ -24,6 +24,10 @@ N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples in a 30-second window
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in a window
 N_SAMPLES_PER_TOKEN = HOP_LENGTH * 2  # the conv stem has stride 2
 STFT_BLOCK = 2048  # frames per block of the log-mel computation (about 20 s of audio)
+# log-mel blocks `LogMelStream` keeps from its first pass (0.66 MB each for 80 mels: ~31 MB, 16
+# min of audio), so a file up to that length is transformed once, not twice; longer files keep
+# the most recent blocks (a window spans at most three)
+MEL_CACHE_BLOCKS = 48
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 10 ms per mel frame
 TOKENS_PER_SECOND = SAMPLE_RATE // N_SAMPLES_PER_TOKEN  # 20 ms per audio position
 
@@ -299,7 +303,7 @@ class LogMelStream:
 
     def _log_block(self, index: int) -> np.ndarray:
         if index not in self._blocks:
-            if len(self._blocks) >= 3:  # a window spans at most three blocks
+            if len(self._blocks) >= MEL_CACHE_BLOCKS:
                 self._blocks.pop(next(iter(self._blocks)))
             start = index * STFT_BLOCK
             count = min(STFT_BLOCK, self.n_frames - start)

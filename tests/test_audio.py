@@ -90,9 +90,13 @@ def test_streamed_samples_equal_the_whole_file_read(tmp_path, speech_clips):
         assert A.sample_count(path) == len(whole)
 
 
-def test_streamed_log_mel_equals_the_whole_file_log_mel(tmp_path, speech_clips):
+@pytest.mark.parametrize("cached_blocks", [3, A.MEL_CACHE_BLOCKS])
+def test_streamed_log_mel_equals_the_whole_file_log_mel(tmp_path, speech_clips, monkeypatch,
+                                                        cached_blocks):
     """Window by window from a file read in blocks, the log-mel equals the whole file's, frame
-    for frame (the clamp uses the whole file's maximum, found in a first pass)."""
+    for frame (the clamp uses the whole file's maximum, found in a first pass), whether blocks
+    are computed again (3 kept: the long clip's 12 blocks are evicted and recomputed) or not."""
+    monkeypatch.setattr(A, "MEL_CACHE_BLOCKS", cached_blocks)
     tiny = tmp_path / "tiny.wav"
     soundfile.write(tiny, np.full(100, 0.05, np.float32), 16000)
     paths = [c.path for c in speech_clips] + [_stereo_44k(tmp_path), tiny]
@@ -108,3 +112,19 @@ def test_streamed_log_mel_equals_the_whole_file_log_mel(tmp_path, speech_clips):
             stream.close()
     with pytest.raises(IndexError):
         A.LogMelStream(tiny)[0]
+
+
+def test_streamed_log_mel_transforms_a_file_once_when_its_blocks_fit(speech_clips, monkeypatch):
+    """The windows of a file up to MEL_CACHE_BLOCKS blocks come from the first pass's blocks:
+    no block is transformed twice."""
+    calls = []
+    power = A._log_power
+    monkeypatch.setattr(A, "_log_power", lambda *args: calls.append(1) or power(*args))
+    path = max((c.path for c in speech_clips), key=A.sample_count)
+    stream = A.LogMelStream(path, padding=A.N_SAMPLES)
+    blocks = -(-stream.n_frames // A.STFT_BLOCK)
+    assert 3 < blocks <= A.MEL_CACHE_BLOCKS and len(calls) == blocks
+    for start in range(0, stream.n_frames, 2900):
+        stream[:, start:start + A.N_FRAMES]
+    assert len(calls) == blocks
+    stream.close()

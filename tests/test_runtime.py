@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from maxwhisper.runtime import cache_key, default_float64_blocks, default_kernels, graph_digest
+from maxwhisper.runtime import KVCache, cache_key, default_float64_blocks, default_kernels, graph_digest
 from maxwhisper.settings import KERNEL_SWITCHES, encoder_float64_blocks
 
 
@@ -108,3 +108,53 @@ def test_float16_kernels_only_for_weights_that_are_float16_values(tiny_weights):
     changed = replace(tiny_weights, tensors={**tiny_weights.tensors, name: nudged})
     kernels = default_kernels(changed, "cpu", "float32")
     assert "linear" not in kernels and "vocab" in kernels
+
+
+def _filled_cache(tiny_weights, rows: int, length: int, rng) -> KVCache:
+    cache = KVCache(tiny_weights.dims, rows)
+    cache.keys_t[..., :length] = rng.standard_normal(cache.keys_t[..., :length].shape)
+    cache.values[:, :, :, :length] = rng.standard_normal(cache.values[:, :, :, :length].shape)
+    cache.length = length
+    return cache
+
+
+def _reordered_in_full(cache: KVCache, source_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n = cache.length
+    return cache.keys_t[:, source_rows, ..., :n].copy(), cache.values[:, source_rows, :, :n].copy()
+
+
+def test_beam_reorder_skips_the_shared_prompt_and_equals_a_full_copy(tiny_weights):
+    """Beams repeated from one prompt share its slots: a reorder copies only the slots after it,
+    and the filled cache then equals a copy of every slot of the source rows, through a chain
+    of reorders, groups of windows (rows move only inside a window's beams) and a rewind."""
+    rng = np.random.default_rng(0)
+    prompt = _filled_cache(tiny_weights, 2, 30, rng)  # two windows' prompts
+    cache = prompt.repeated(5)
+    assert (cache.group, cache.shared) == (5, 30)
+    for step, sources in enumerate([[0, 0, 1, 2, 3, 5, 5, 5, 6, 9], [4, 3, 2, 1, 0, 9, 8, 7, 6, 5],
+                                    [1, 1, 1, 1, 1, 5, 6, 7, 8, 9]]):
+        n = cache.length
+        cache.keys_t[..., n : n + 3] = rng.standard_normal(cache.keys_t[..., n : n + 3].shape)
+        cache.values[:, :, :, n : n + 3] = rng.standard_normal(
+            cache.values[:, :, :, n : n + 3].shape)
+        cache.length += 3
+        if step == 1:
+            cache.rewind(1)
+        expected = _reordered_in_full(cache, np.array(sources))
+        cache.reorder(np.array(sources))
+        n = cache.length
+        assert np.array_equal(cache.keys_t[..., :n], expected[0])
+        assert np.array_equal(cache.values[:, :, :, :n], expected[1])
+
+
+def test_beam_reorder_across_groups_copies_every_slot(tiny_weights):
+    """Rows that come from another group's prompt are copied whole, and nothing counts as
+    shared afterwards."""
+    rng = np.random.default_rng(1)
+    cache = _filled_cache(tiny_weights, 2, 20, rng).repeated(2)
+    sources = np.array([2, 0, 1, 3])  # row 0 takes window 1's beam, row 2 window 0's
+    expected = _reordered_in_full(cache, sources)
+    cache.reorder(sources)
+    assert np.array_equal(cache.keys_t[..., :20], expected[0])
+    assert np.array_equal(cache.values[:, :, :, :20], expected[1])
+    assert cache.shared == 0
