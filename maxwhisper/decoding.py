@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from .audio import CHUNK_LENGTH
-from .settings import timestamp_guess_allowed
+from .settings import text_guess_allowed, timestamp_guess_allowed
 from .tokenizer import Tokenizer, get_tokenizer
 
 
@@ -76,16 +76,21 @@ def compression_ratio(text: str) -> float:
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float32)
-    shifted = x - x.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    x = np.asarray(x, dtype=np.float32)
+    shifted = x - x.max(axis=-1, keepdims=True)  # a new array: the normaliser comes off in place
+    shifted -= np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return shifted
 
 
-def logsumexp(x: np.ndarray) -> float:
-    top = float(np.max(x))
-    if top == -np.inf:
-        return -np.inf
-    return top + float(np.log(np.sum(np.exp(x - top))))
+def logsumexp_rows(x: np.ndarray) -> np.ndarray:
+    """log(sum(exp(row))) of each row of a 2-D array, shifted by the row's maximum (-inf for a
+    row of -inf)."""
+    top = x.max(axis=1)
+    finite = top > -np.inf
+    totals = np.full(len(x), -np.inf)
+    shifted = x[finite] - top[finite, None]
+    totals[finite] = top[finite] + np.log(np.sum(np.exp(shifted), axis=1))
+    return totals
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,11 +160,10 @@ class ApplyTimestampRules:
         # Whisper compares log-probabilities: the timestamps' total against the best text
         # token. Both sides carry the same normaliser, so the raw logits decide it alike (in
         # float64, no less exact than float32 log-probabilities), without a softmax over the
-        # whole vocabulary each step.
-        for k in range(tokens.shape[0]):
-            timestamp_total = logsumexp(logits[k, begin:].astype(np.float64))
-            if timestamp_total > float(logits[k, :begin].max()):
-                logits[k, :begin] = -np.inf
+        # whole vocabulary each step; all rows at once (each row's sum the same bits as the
+        # row's alone, tested).
+        forced = logsumexp_rows(logits[:, begin:].astype(np.float64)) > logits[:, :begin].max(1)
+        logits[forced, :begin] = -np.inf
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,24 +200,41 @@ TOP_K_BLOCK = 1024  # values per block in `_top_k`'s first pass
 
 
 def _top_k(values: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest values, largest first, in two cheap passes instead of a
-    partition of all 51,865 logits per beam per step (numpy's introselect takes ~0.5 ms, and
-    ~7 ms when the timestamp rule has masked ~50,000 of them to -inf).
+    """Indices of the k largest values, largest first (ties by index): `_top_k_rows` of one row."""
+    return _top_k_rows(values[None], k)[0]
 
-    The k-th largest of the blocks' maxima is a lower bound of the k-th largest value (k
+
+def _top_k_rows(values: np.ndarray, k: int) -> np.ndarray:
+    """(R, V) -> (R, k): each row's indices of its k largest values, largest first, ties in
+    index order, in two cheap passes over all rows at once instead of a partition of all 51,865
+    logits per beam per step (numpy's introselect takes ~0.5 ms, and ~7 ms when the timestamp
+    rule has masked ~50,000 of them to -inf).
+
+    The k-th largest of a row's block maxima is a lower bound of its k-th largest value (k
     blocks hold a value at least that large), so every top-k value is among those at or
     above it: usually a handful, which are sorted (stably, so ties keep index order). When
     fewer than k blocks hold a finite value, the bound is -inf and the finite values are the
     candidates."""
-    blocks = -(-values.size // TOP_K_BLOCK)
-    padded = np.full(blocks * TOP_K_BLOCK, -np.inf, dtype=values.dtype)
-    padded[: values.size] = values
-    block_max = padded.reshape(blocks, TOP_K_BLOCK).max(axis=1)
-    bound = np.partition(block_max, blocks - k)[blocks - k] if blocks > k else -np.inf
-    candidates = np.flatnonzero(values > bound if bound == -np.inf else values >= bound)
-    if candidates.size < k:  # fewer than k finite values: the -inf ones by index order
-        candidates = np.arange(values.size)
-    return candidates[np.argsort(-values[candidates], kind="stable")[:k]]
+    rows, size = values.shape
+    full = size // TOP_K_BLOCK
+    block_max = values[:, : full * TOP_K_BLOCK].reshape(rows, full, TOP_K_BLOCK).max(axis=2)
+    if size > full * TOP_K_BLOCK:  # the last, shorter block
+        tail = values[:, full * TOP_K_BLOCK :].max(axis=1, keepdims=True)
+        block_max = np.concatenate([block_max, tail], axis=1)
+    blocks = block_max.shape[1]
+    if blocks > k:
+        bound = np.partition(block_max, blocks - k, axis=1)[:, blocks - k]
+    else:
+        bound = np.full(rows, -np.inf, dtype=values.dtype)
+    top = np.empty((rows, k), dtype=np.int64)
+    for r in range(rows):
+        row, low = values[r], bound[r]
+        # at or above the bound; above it where the bound is -inf (only the finite values)
+        candidates = np.flatnonzero(row > low if low == -np.inf else row >= low)
+        if candidates.size < k:  # fewer than k finite values: the -inf ones by index order
+            candidates = np.arange(size)
+        top[r] = candidates[np.argsort(-row[candidates], kind="stable")[:k]]
+    return top
 
 
 class BeamSearchDecoder:
@@ -232,10 +253,10 @@ class BeamSearchDecoder:
         logprobs = log_softmax(logits)
         scores: dict[tuple[int, ...], float] = {}
         sources: dict[tuple[int, ...], int] = {}
+        tops = _top_k_rows(logprobs, self.beam_size + 1)
         for j in range(self.beam_size):
             prefix = tokens[j].tolist()
-            top = _top_k(logprobs[j], self.beam_size + 1)
-            for token in top:
+            for token in tops[j]:
                 sequence = tuple(prefix + [int(token)])
                 scores[sequence] = float(np.float32(sum_logprobs[j] + logprobs[j, token]))
                 sources[sequence] = j
@@ -440,31 +461,52 @@ def _sampled(row: np.ndarray, setup: DecodingSetup) -> list[int]:
     return row[: int(ends[0]) if len(ends) else len(row)].tolist()
 
 
-def _can_guess(setup: DecodingSetup, selector, tokens: np.ndarray) -> bool:
-    """Whether `_guess` applies to this window's decoding: one row, greedy, with timestamps."""
+def _can_guess(selector, tokens: np.ndarray) -> bool:
+    """Whether `_guess` applies to this window's decoding: one row, greedy."""
     return (tokens.shape[0] == 1 and isinstance(selector, GreedyDecoder)
-            and selector.temperature == 0
-            and any(isinstance(f, ApplyTimestampRules) for f in setup.filters))
+            and selector.temperature == 0)
 
 
-def _guess(setup: DecodingSetup, tokens: np.ndarray, n_ctx: int) -> int | None:
-    """The next token, guessed where a guess is nearly always right and costs nothing to check.
+def _guess(setup: DecodingSetup, tokens: np.ndarray, n_ctx: int, timestamps: bool = True,
+           text: bool = True) -> int | None:
+    """The next token, guessed where a guess costs little to check.
 
-    A segment's closing timestamp is followed by the next segment's opening one (or the end),
-    and Whisper opens the next segment where the last one closed: all 44 pairs of the 229-s
-    clip repeat the timestamp. So after a greedy row samples a closing timestamp, the decoder
-    runs that token and the guess as two positions of one step, which reads the weights once
-    (3.3 against 3.2 ms here). The logits of each position are those of separate steps, bit
-    for bit (the decoder's rows and positions are computed independently, measured), so when
-    the rules pick the guessed token the second position's logits are the next step's and a
-    step is saved; otherwise the guess is forgotten (`cache.rewind`). Where `_can_guess`, and
-    with room in the text context for the extra token."""
+    The decoder runs the token just chosen and the guess as two positions of one step, which
+    reads the weights once (3.3 against 3.2 ms here). The logits of each position are those
+    of separate steps, bit for bit (the decoder's rows and positions are computed
+    independently; tested on the real decoder), so when the rules pick the guessed token the
+    second position's logits are the next step's and a step is saved; otherwise the guess is
+    forgotten (`cache.rewind`). Where `_can_guess`, and with room in the text context for the
+    extra token. Two guesses:
+    - `timestamps`: a segment's closing timestamp is followed by the next segment's opening
+      one (or the end), and Whisper opens the next segment where the last one closed: all 44
+      pairs of the 229-s clip repeat the timestamp.
+    - `text`: after a text token, the token that followed the same tokens earlier in the
+      window's prompt or text (`_follower`): right about one time in eight, which pays, as a
+      wrong guess costs ~5 % of a step and a right one saves a step."""
     if tokens.shape[1] + 1 > n_ctx:
         return None
-    begin = setup.tokenizer.timestamp_begin
+    begin, eot = setup.tokenizer.timestamp_begin, setup.tokenizer.eot
     sampled = tokens[0, setup.sample_begin:]
-    if len(sampled) >= 2 and sampled[-1] >= begin > sampled[-2]:
+    if timestamps and len(sampled) >= 2 and sampled[-1] >= begin > sampled[-2]:
         return int(sampled[-1])
+    if text and len(sampled) >= 1 and sampled[-1] < eot:
+        return _follower(tokens[0], eot)
+    return None
+
+
+def _follower(row: np.ndarray, eot: int) -> int | None:
+    """The text token that followed the row's last two tokens where they last occurred
+    earlier in it, else the one that followed its last token; None if neither occurred."""
+    followers = row[1:]  # followers[j] is what came after row[j]
+    after_last = (row[:-1] == row[-1]) & (followers < eot)
+    after_pair = after_last.copy()
+    after_pair[0] = False
+    after_pair[1:] &= row[:-2] == row[-2]
+    for found in (after_pair, after_last):
+        where = np.flatnonzero(found)
+        if where.size:
+            return int(followers[where[-1]])
     return None
 
 
@@ -472,14 +514,15 @@ def _sample(model: WhisperEngine, features, cache, setup: DecodingSetup, selecto
             tokens: np.ndarray, sum_logprobs: np.ndarray, logits: np.ndarray) -> np.ndarray:
     """From the prompt's last logits: filter, pick, run the picked tokens, until every row has
     ended or the text context is full. Returns the tokens, prompt included."""
-    guessing = timestamp_guess_allowed() and _can_guess(setup, selector, tokens)
+    kinds = {"timestamps": timestamp_guess_allowed(), "text": text_guess_allowed()}
+    guessing = any(kinds.values()) and _can_guess(selector, tokens)
     ahead = None  # the logits after a guessed token, computed with the step before it
     for step in range(setup.sample_len):
         guess = None
         if step > 0 and ahead is not None:  # the guess was taken: this step is done already
             logits, ahead = ahead, None
         elif step > 0:
-            guess = _guess(setup, tokens, model.dims.n_text_ctx) if guessing else None
+            guess = _guess(setup, tokens, model.dims.n_text_ctx, **kinds) if guessing else None
             if guess is None:
                 logits = model.decode_step(tokens[:, -1:], features, cache, positions=[-1])[:, -1]
             else:

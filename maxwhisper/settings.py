@@ -62,6 +62,13 @@ def timestamp_guess_allowed() -> bool:
     return os.environ.get("MAXWHISPER_TIMESTAMP_GUESS", "1") != "0"
 
 
+def text_guess_allowed() -> bool:
+    """`MAXWHISPER_TEXT_GUESS=0` turns off the greedy decoder's checked guess of the next text
+    token from the text before it (`decoding._follower`), for A/B runs; the tokens are the same
+    either way."""
+    return os.environ.get("MAXWHISPER_TEXT_GUESS", "1") != "0"
+
+
 def resident_cache_setting() -> bool | None:
     """`MAXWHISPER_RESIDENT_CACHE`: 1 keeps the decoder's self-attention cache in buffers on the
     graph's device that the graph updates in place, 0 keeps it in host memory. Unset: None, and

@@ -19,7 +19,6 @@ defaults), so both engines cut the same audio the same way (tested on the speech
 from __future__ import annotations
 
 import bisect
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -60,10 +59,12 @@ def _session():
 
         raise MaxWhisperError("VAD needs onnxruntime: pip install 'maxwhisper[vad]'") from None
     options = onnxruntime.SessionOptions()
-    # two threads: the convolutions before the LSTM see every window at once and share out;
-    # 229 s of speech: 0.35 s against 0.45 s on one thread, the same probabilities (measured)
+    # one thread: alone, two threads take 0.35 s for 229 s of speech against 0.45 s on one,
+    # but in a process that has run MAX (whose runtime threads keep waking on both cores) two
+    # threads took 0.34 or 0.61 s by the run and one thread 0.41-0.44 s every time (measured,
+    # the batched mode, 2 cores); the probabilities are the same
     options.inter_op_num_threads = 1
-    options.intra_op_num_threads = min(2, os.cpu_count() or 1)
+    options.intra_op_num_threads = 1
     options.enable_cpu_mem_arena = False
     options.log_severity_level = 4
     return onnxruntime.InferenceSession(str(MODEL_PATH), sess_options=options,

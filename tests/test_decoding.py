@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from maxwhisper.decoding import _top_k
+from maxwhisper.decoding import _top_k, _top_k_rows
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -22,8 +22,24 @@ def test_top_k_equals_a_full_sort(seed):
         if trial % 5 == 0:
             values = np.round(values, 1)
         top = _top_k(values, k)
-        assert len(set(top.tolist())) == k
-        assert np.array_equal(values[top], np.sort(values)[::-1][:k])
+        assert np.array_equal(top, np.argsort(-values, kind="stable")[:k])  # ties by index
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_top_k_of_rows_equals_each_rows_full_sort(seed):
+    """Rows of one call (beams) each get their own top k: rows fully masked but for a few
+    values, rows with ties, sizes with and without a short last block."""
+    rng = np.random.default_rng(seed)
+    for trial in range(100):
+        rows, n = int(rng.integers(1, 8)), int(rng.integers(1, 60000))
+        k = int(rng.integers(1, min(n, 12) + 1))
+        values = rng.standard_normal((rows, n)).astype(np.float32)
+        masked = rng.random(rows) < 0.4
+        values[masked, : int(rng.integers(0, n))] = -np.inf
+        if trial % 4 == 0:
+            values = np.round(values, 1)
+        expected = np.argsort(-values, axis=1, kind="stable")[:, :k]
+        assert np.array_equal(_top_k_rows(values, k), expected)
 
 
 class ScriptedDecoder:
@@ -87,3 +103,49 @@ def test_timestamp_guess_gives_the_same_tokens_in_fewer_steps(monkeypatch):
     assert results["0"][0] == results["1"][0] == script[:-1]
     assert results["0"][1] == results["1"][1]  # the same logits were scored
     assert results["1"][2] == results["0"][2] - 1  # one right guess (t + 10), two wrong ones
+
+
+def test_text_guess_gives_the_same_tokens_in_fewer_steps(monkeypatch):
+    """After a text token, the token that followed it earlier is guessed: right where the text
+    repeats itself (a step saved each time), forgotten where it does not."""
+    from maxwhisper.decoding import DecodingOptions, _follower, decode
+    from maxwhisper.tokenizer import get_tokenizer
+
+    tokenizer = get_tokenizer(False)
+    t = tokenizer.timestamp_begin
+    a, b, c, d = (tokenizer.encode(w)[0] for w in (" one", " two", " three", " four"))
+    # "one two three" twice, then "one two four": after the second "one", "two" is guessed
+    # right (and "three" comes with that step's second position); after that "three", "one"
+    # is right (and "two" comes with it); after the third "two", "three" is wrong ("four")
+    script = [t, a, b, c, a, b, c, a, b, d, t + 50, tokenizer.eot]
+    assert _follower(np.array([a, b, c, a, b]), tokenizer.eot) == c  # the pair's follower
+    assert _follower(np.array([a, c, b, d, a]), tokenizer.eot) == c
+    assert _follower(np.array([a, b, c]), tokenizer.eot) is None
+    monkeypatch.setenv("MAXWHISPER_TIMESTAMP_GUESS", "0")
+    results = {}
+    for guessing in ("0", "1"):
+        monkeypatch.setenv("MAXWHISPER_TEXT_GUESS", guessing)
+        engine = ScriptedDecoder(script)
+        result = decode(engine, None, DecodingOptions(language="en"), features=object())
+        results[guessing] = (result.tokens, result.avg_logprob, engine.calls)
+    assert results["0"][0] == results["1"][0] == script[:-1]
+    assert results["0"][1] == results["1"][1]
+    assert results["1"][2] == results["0"][2] - 2  # two right guesses, two steps saved
+
+
+def test_logsumexp_of_rows_equals_each_row_alone():
+    """The timestamp rule's totals for all rows at once are, bit for bit, what each row gives
+    alone (a 1-D float64 sum), also for rows masked to -inf in part or whole."""
+    from maxwhisper.decoding import logsumexp_rows
+
+    def alone(x):
+        top = float(np.max(x))
+        return -np.inf if top == -np.inf else top + float(np.log(np.sum(np.exp(x - top))))
+
+    rng = np.random.default_rng(0)
+    for trial in range(50):
+        x = (rng.standard_normal((int(rng.integers(1, 9)), 1501)) * 5).astype(np.float32)
+        x[rng.random(x.shape) < trial / 50] = -np.inf
+        x[0, :] = -np.inf if trial % 7 == 0 else x[0, :]
+        x = x.astype(np.float64)
+        assert np.array_equal(logsumexp_rows(x), np.array([alone(row) for row in x]))
