@@ -374,14 +374,17 @@ def kernel_cross_attention(q: TensorValue, k_t: TensorValue, v: TensorValue, n_h
 
 def decoder_block(x: TensorValue, p: Params, i: int, n_head: int, keys_t: TensorValue,
                   values: TensorValue, cross_k_t: TensorValue, cross_v: TensorValue,
-                  masks: tuple[TensorValue, TensorValue], offset: TensorValue
-                  ) -> tuple[TensorValue, ...]:
+                  masks: tuple[TensorValue, TensorValue], offset: TensorValue,
+                  picks: TensorValue | None = None) -> tuple[TensorValue, ...]:
     """One decoder layer on S new tokens; keys_t (B,H,hd,T) / values (B,H,T,hd) its cache,
     of which the first P = offset[0] slots are filled (`masks` hide the rest from MAX's ops);
     cross_k_t (G,H,hd,A) / cross_v (G,H,A,hd) the G windows the B rows attend to, in groups.
 
     Returns x, the new keys (B, H, hd, S) and values (B, H, S, hd) for the cache, and the
-    cross-attention weights (B, H, S, A).
+    cross-attention weights (B, H, S, A). With `picks` (K indices into the S tokens; the last
+    layer), x and the weights only for those K rows: every token's keys and values are still
+    made, but the rest of the layer runs only where logits are wanted (a prompt prefill of
+    200 tokens needs 2).
     """
     name = f"decoder.blocks.{i}"
     q, k, v = qkv(p.layer_norm(x, f"{name}.attn_ln"), p, f"{name}.attn")  # (B, S, d) each
@@ -396,6 +399,8 @@ def decoder_block(x: TensorValue, p: Params, i: int, n_head: int, keys_t: Tensor
     else:
         attended = merge_heads(cached_self_attention(split_heads(q, n_head), k_t, v, keys_t,
                                                      values, *masks))
+    if picks is not None:  # the rows are computed alone, so the picked ones are unchanged
+        attended, x = ops.gather(attended, picks, axis=1), ops.gather(x, picks, axis=1)
     x = x + p.linear(attended, f"{name}.attn.out")
 
     h = p.layer_norm(x, f"{name}.cross_attn_ln")
@@ -440,13 +445,19 @@ def decoder_step(tokens: TensorValue, offset: TensorValue, keys_t: TensorValue,
                                                positions, axis=0)
     masks = cache_masks(past, length_new, int(keys_t.shape[-1]), p.device)
     new_k, new_v, cross_weights = [], [], []
+    # the last layer runs past its self-attention only for the picked rows (every row where
+    # the cross-attention weights of all tokens are wanted)
+    last = dims.n_text_layer - 1 if not with_cross_weights else None
     for i in range(dims.n_text_layer):
         x, k, v, weights = decoder_block(x, p, i, dims.n_text_head, keys_t[i], values[i],
-                                         cross_k_t[i], cross_v[i], masks, offset)
+                                         cross_k_t[i], cross_v[i], masks, offset,
+                                         picks=picks if i == last else None)
         new_k.append(k)
         new_v.append(v)
         cross_weights.append(weights)
-    h = p.layer_norm(ops.gather(x, picks, axis=1), "decoder.ln")
+    if last is None:
+        x = ops.gather(x, picks, axis=1)
+    h = p.layer_norm(x, "decoder.ln")
     logits = p.vocabulary_logits(h)
     outputs = (logits, ops.stack(new_k, axis=0), ops.stack(new_v, axis=0))
     if with_cross_weights:
