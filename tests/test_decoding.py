@@ -83,10 +83,26 @@ class ScriptedCache:
         del self.tokens[-n:]
 
 
+def _decoded_with_and_without(monkeypatch, script: list[int], switch: str) -> dict:
+    """Decode the scripted window with the guess `switch` (an environment variable) off and
+    on, the other guess off: {"0" | "1": (tokens, avg_logprob, decoder calls)}."""
+    from maxwhisper.decoding import DecodingOptions, decode
+
+    results = {}
+    for guessing in ("0", "1"):
+        for name in ("MAXWHISPER_TIMESTAMP_GUESS", "MAXWHISPER_TEXT_GUESS"):
+            monkeypatch.setenv(name, guessing if name == switch else "0")
+        engine = ScriptedDecoder(script)
+        result = decode(engine, None, DecodingOptions(language="en"), features=object())
+        results[guessing] = (result.tokens, result.avg_logprob, engine.calls)
+    assert results["0"][0] == results["1"][0] == script[:-1]
+    assert results["0"][1] == results["1"][1]  # the same logits were scored
+    return results
+
+
 def test_timestamp_guess_gives_the_same_tokens_in_fewer_steps(monkeypatch):
     """A right guess (a segment opening where the last one closed) saves a step; a wrong one
     (a later opening timestamp, the end of text) is forgotten before the next step."""
-    from maxwhisper.decoding import DecodingOptions, decode
     from maxwhisper.tokenizer import get_tokenizer
 
     tokenizer = get_tokenizer(False)
@@ -94,21 +110,14 @@ def test_timestamp_guess_gives_the_same_tokens_in_fewer_steps(monkeypatch):
     words = [tokenizer.encode(w)[0] for w in (" hello", " world", " again", " there")]
     script = [t, words[0], words[1], t + 10, t + 10, words[2], t + 20, t + 22, words[3], t + 30,
               tokenizer.eot]
-    results = {}
-    for guessing in ("0", "1"):
-        monkeypatch.setenv("MAXWHISPER_TIMESTAMP_GUESS", guessing)
-        engine = ScriptedDecoder(script)
-        result = decode(engine, None, DecodingOptions(language="en"), features=object())
-        results[guessing] = (result.tokens, result.avg_logprob, engine.calls)
-    assert results["0"][0] == results["1"][0] == script[:-1]
-    assert results["0"][1] == results["1"][1]  # the same logits were scored
+    results = _decoded_with_and_without(monkeypatch, script, "MAXWHISPER_TIMESTAMP_GUESS")
     assert results["1"][2] == results["0"][2] - 1  # one right guess (t + 10), two wrong ones
 
 
 def test_text_guess_gives_the_same_tokens_in_fewer_steps(monkeypatch):
     """After a text token, the token that followed it earlier is guessed: right where the text
     repeats itself (a step saved each time), forgotten where it does not."""
-    from maxwhisper.decoding import DecodingOptions, _follower, decode
+    from maxwhisper.decoding import _follower
     from maxwhisper.tokenizer import get_tokenizer
 
     tokenizer = get_tokenizer(False)
@@ -121,15 +130,7 @@ def test_text_guess_gives_the_same_tokens_in_fewer_steps(monkeypatch):
     assert _follower(np.array([a, b, c, a, b]), tokenizer.eot) == c  # the pair's follower
     assert _follower(np.array([a, c, b, d, a]), tokenizer.eot) == c
     assert _follower(np.array([a, b, c]), tokenizer.eot) is None
-    monkeypatch.setenv("MAXWHISPER_TIMESTAMP_GUESS", "0")
-    results = {}
-    for guessing in ("0", "1"):
-        monkeypatch.setenv("MAXWHISPER_TEXT_GUESS", guessing)
-        engine = ScriptedDecoder(script)
-        result = decode(engine, None, DecodingOptions(language="en"), features=object())
-        results[guessing] = (result.tokens, result.avg_logprob, engine.calls)
-    assert results["0"][0] == results["1"][0] == script[:-1]
-    assert results["0"][1] == results["1"][1]
+    results = _decoded_with_and_without(monkeypatch, script, "MAXWHISPER_TEXT_GUESS")
     assert results["1"][2] == results["0"][2] - 2  # two right guesses, two steps saved
 
 
