@@ -270,7 +270,8 @@ class LogMelStream:
     by window: the 16 kHz samples go to an `AudioSpool` in a first pass, which also finds the
     maximum that Whisper's clamp needs (8 below the whole file's maximum); `mel[:, a:b]` then
     computes the blocks it needs (STFT_BLOCK frames, the blocks `log_mel_spectrogram` uses).
-    Memory stays at a few blocks however long the file is, and every frame equals
+    The first pass's blocks are kept up to MEL_CACHE_BLOCKS (~31 MB), so memory stays bounded
+    however long the file is, and every frame equals
     `log_mel_spectrogram(load_audio(path), n_mels, padding)`'s (tested).
     """
 

@@ -196,12 +196,7 @@ class GreedyDecoder:
         return [list(tokens)], [sum_logprobs.tolist()]
 
 
-TOP_K_BLOCK = 1024  # values per block in `_top_k`'s first pass
-
-
-def _top_k(values: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest values, largest first (ties by index): `_top_k_rows` of one row."""
-    return _top_k_rows(values[None], k)[0]
+TOP_K_BLOCK = 1024  # values per block in `_top_k_rows`'s first pass
 
 
 def _top_k_rows(values: np.ndarray, k: int) -> np.ndarray:

@@ -445,17 +445,18 @@ def decoder_step(tokens: TensorValue, offset: TensorValue, keys_t: TensorValue,
                                                positions, axis=0)
     masks = cache_masks(past, length_new, int(keys_t.shape[-1]), p.device)
     new_k, new_v, cross_weights = [], [], []
-    # the last layer runs past its self-attention only for the picked rows (every row where
-    # the cross-attention weights of all tokens are wanted)
-    last = dims.n_text_layer - 1 if not with_cross_weights else None
+    # the last layer runs past its self-attention only for the picked rows (unless the
+    # cross-attention weights of every token are wanted)
+    prune_last = not with_cross_weights
+    last = dims.n_text_layer - 1
     for i in range(dims.n_text_layer):
         x, k, v, weights = decoder_block(x, p, i, dims.n_text_head, keys_t[i], values[i],
                                          cross_k_t[i], cross_v[i], masks, offset,
-                                         picks=picks if i == last else None)
+                                         picks=picks if prune_last and i == last else None)
         new_k.append(k)
         new_v.append(v)
         cross_weights.append(weights)
-    if last is None:
+    if not prune_last:
         x = ops.gather(x, picks, axis=1)
     h = p.layer_norm(x, "decoder.ln")
     logits = p.vocabulary_logits(h)
