@@ -92,3 +92,14 @@ def encoder_float64_blocks() -> int | None:
     if not value.isdigit():
         raise ValueError(f"MAXWHISPER_ENCODER_FLOAT64_BLOCKS must be a whole number, got {value!r}")
     return int(value)
+
+
+def worker_nice() -> int:
+    """`MAXWHISPER_WORKER_NICE`: the nice value MAX's runtime worker threads get (Linux), so that
+    while they spin-wait between graph executions they yield to the Python thread that prepares
+    the next one (see `runtime.yield_runtime_workers`). 0 leaves them alone; default 10."""
+    value = os.environ.get("MAXWHISPER_WORKER_NICE", "10")
+    if not value.isdigit() or int(value) > 19:
+        raise ValueError(f"MAXWHISPER_WORKER_NICE must be a whole number from 0 to 19, "
+                         f"got {value!r}")
+    return int(value)

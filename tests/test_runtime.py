@@ -3,13 +3,24 @@ compiled graph."""
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import replace
 
 import numpy as np
 import pytest
+from conftest import max_model
 
-from maxwhisper.runtime import KVCache, cache_key, default_float64_blocks, default_kernels, graph_digest
-from maxwhisper.settings import KERNEL_SWITCHES, encoder_float64_blocks
+from maxwhisper.runtime import (
+    RUNTIME_WORKER_NAME,
+    KVCache,
+    cache_key,
+    default_float64_blocks,
+    default_kernels,
+    graph_digest,
+    yield_runtime_workers,
+)
+from maxwhisper.settings import KERNEL_SWITCHES, encoder_float64_blocks, worker_nice
 
 
 def test_float64_blocks_setting(monkeypatch, tiny_weights, base_weights):
@@ -158,3 +169,29 @@ def test_beam_reorder_across_groups_copies_every_slot(tiny_weights):
     assert np.array_equal(cache.keys_t[..., :20], expected[0])
     assert np.array_equal(cache.values[:, :, :, :20], expected[1])
     assert cache.shared == 0
+
+
+def test_worker_nice_setting(monkeypatch):
+    monkeypatch.delenv("MAXWHISPER_WORKER_NICE", raising=False)
+    assert worker_nice() == 10
+    monkeypatch.setenv("MAXWHISPER_WORKER_NICE", "0")
+    assert worker_nice() == 0 and yield_runtime_workers() == []  # 0 leaves the threads alone
+    for bad in ("-5", "20", "high"):
+        monkeypatch.setenv("MAXWHISPER_WORKER_NICE", bad)
+        with pytest.raises(ValueError, match="MAXWHISPER_WORKER_NICE"):
+            worker_nice()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="thread priorities: Linux")
+def test_runtime_workers_yield_to_the_python_thread(jfk):
+    """After a model has run, MAX's worker threads (and only they) have the setting's nice."""
+    own = os.getpriority(os.PRIO_PROCESS, 0)  # this (Python) thread's
+    max_model("tiny.en").transcribe(str(jfk.path), language="en")
+    priorities = {}
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/comm", encoding="utf-8", errors="replace") as comm:
+            priorities[int(task)] = (comm.read().strip(), os.getpriority(os.PRIO_PROCESS,
+                                                                         int(task)))
+    workers = [nice for name, nice in priorities.values() if RUNTIME_WORKER_NAME.match(name)]
+    assert workers and all(nice >= worker_nice() for nice in workers)
+    assert priorities[threading.get_native_id()][1] == own  # the Python thread keeps its own
