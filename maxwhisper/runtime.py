@@ -70,8 +70,8 @@ def yield_runtime_workers(nice: int | None = None) -> list[int]:
     process): nice 0 / 10 / 19 5.68 / 5.33 / 5.36 s median, the host work 0.45 / 0.36 / 0.38 s;
     the encoder unchanged. 10 rather than 19: the same gain, and the workers keep more of
     their share against other processes' threads (under such load they now yield to those too).
-    Raising a nice value needs no privilege; lowering it back does, so this is done once per
-    process."""
+    Raising a nice value needs no privilege; lowering it back does, so threads already at or
+    above `nice` are left as they are (calling this again changes nothing)."""
     nice = worker_nice() if nice is None else nice
     tasks = Path("/proc/self/task")
     if nice == 0 or not tasks.is_dir():
@@ -409,8 +409,6 @@ class AudioFeatures:
 class MaxWhisperModel:
     """Whisper's encoder and KV-cached decoder, compiled with MAX, bound to real weights."""
 
-    _workers_yielded = False  # `yield_runtime_workers` has run in this process
-
     def __init__(self, weights: WhisperWeights, device: str = "auto", dtype: str = "float32",
                  verbose: bool = True, graphs: tuple[str, ...] = ("encoder", "decoder"),
                  kernels: frozenset[str] | None = None, float64_blocks: int | None = None,
@@ -424,6 +422,7 @@ class MaxWhisperModel:
         self.report = CompileReport()
         self.stats = RunStats()
         self.session = max_engine.InferenceSession(devices=[self.driver_device])
+        yield_runtime_workers()  # the session has started MAX's worker threads
         self._device_ref, self._verbose = device_ref, verbose
         self.kernels = default_kernels(weights, self.device, dtype) if kernels is None else kernels
         if float64_blocks is None:  # float32 on the CPU only: the setting, else per model
@@ -458,11 +457,7 @@ class MaxWhisperModel:
         return self._graphs[kind]
 
     def _run(self, model, *arrays: np.ndarray) -> list[np.ndarray]:
-        outputs = execute(model, self.driver_device, *arrays)
-        if not MaxWhisperModel._workers_yielded:  # once per process, when the pool exists
-            MaxWhisperModel._workers_yielded = True
-            yield_runtime_workers()
-        return outputs
+        return execute(model, self.driver_device, *arrays)
 
     def encode(self, mel: np.ndarray) -> AudioFeatures:
         """mel (B, n_mels, 3000) float32 -> features and cross-attention K/V."""

@@ -184,7 +184,8 @@ def test_worker_nice_setting(monkeypatch):
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="thread priorities: Linux")
 def test_runtime_workers_yield_to_the_python_thread(jfk):
-    """After a model has run, MAX's worker threads (and only they) have the setting's nice."""
+    """Once a model exists (and after it has run), MAX's worker threads, and only they, have
+    the setting's nice."""
     own = os.getpriority(os.PRIO_PROCESS, 0)  # this (Python) thread's
     max_model("tiny.en").transcribe(str(jfk.path), language="en")
     priorities = {}
