@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +45,37 @@ def source_hash() -> str:
     return digest.hexdigest()[:16]
 
 
+@lru_cache(maxsize=1)
+def host_cpu() -> str:
+    """This machine's CPU as the compiler targets it: vendor, family, model and a digest of its
+    instruction-set flags (Linux's /proc/cpuinfo; elsewhere `platform`'s description).
+
+    Part of every compiled-code cache key: code compiled for one CPU may use instructions
+    another lacks (AVX-512 code dies with SIGILL on an AVX2 machine) and the kernels' register
+    blocks follow the vector width, so a cache directory shared between machines keeps one
+    entry per kind of CPU."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    if "flags" not in fields:
+        return f"{platform.machine()}-{platform.processor()}"
+    flags = hashlib.sha256(" ".join(sorted(fields["flags"].split())).encode()).hexdigest()[:12]
+    return (f"{fields.get('vendor_id', '?')}-{fields.get('cpu family', '?')}-"
+            f"{fields.get('model', '?')}-{flags}")
+
+
 def kernel_library() -> Path:
-    """The compiled kernel package (`.mojoc`), built on first use and kept in the cache."""
-    target = cache_dir() / "kernels" / source_hash() / "maxwhisper_kernels.mojoc"
+    """The compiled kernel package (`.mojoc`), built on first use and kept in the cache (one
+    per source version and kind of CPU)."""
+    cpu = hashlib.sha256(host_cpu().encode()).hexdigest()[:8]
+    target = cache_dir() / "kernels" / f"{source_hash()}-{cpu}" / "maxwhisper_kernels.mojoc"
     if target.is_file():
         return target
     from mojo.run import subprocess_run_mojo  # the Mojo compiler bundled with `max`

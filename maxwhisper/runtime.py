@@ -156,6 +156,7 @@ def cache_key(kind: str, dims: ModelDimensions, dtype: str, device: str,
     """The compiled-model cache's key; `graph` is the built graph's `graph_digest`."""
     record = {"kind": kind, "dims": asdict(dims), "dtype": dtype, "device": device,
               "max": metadata.version("max"), "kernel_source": custom_ops.source_hash(),
+              "cpu": custom_ops.host_cpu(),
               "kernels": sorted(kernels), "float64_blocks": float64_blocks, "graph": graph}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:24]
 

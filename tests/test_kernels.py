@@ -54,6 +54,22 @@ def test_linear_f16_equals_a_float32_product(batch, rows, k, n, gelu):
     assert np.abs(y - exact).max() < 1e-5  # float32 sums of products of size ~1
 
 
+def test_linear_f16_rows_are_the_same_bits_in_every_block():
+    """A row's outputs do not depend on the register block it is computed in (one row over a
+    whole panel; two to five rows, and six, in blocks the target's registers fit, some in
+    narrower column passes on AVX2): every sum runs over k in the same order."""
+    k, n = 384, 1152
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 6, k)).astype(np.float32)
+    w = custom_ops.pack_panels((rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float16))
+    bias = custom_ops.pad_bias(rng.standard_normal(n).astype(np.float32))
+    piece = linear_piece(k, n, False)
+    (six,) = piece(x, w, bias)
+    for rows in (1, 2, 3, 4, 5):
+        (some,) = piece(x[:, :rows], w, bias)
+        assert np.array_equal(some, six[:, :rows]), rows
+
+
 def test_pack_panels_layout():
     w = np.arange(3 * 70, dtype=np.float16).reshape(3, 70)
     panels = custom_ops.pack_panels(w)

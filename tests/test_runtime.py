@@ -46,6 +46,18 @@ def test_numeric_options_are_part_of_the_cache_key(tiny_weights):
     assert cache_key("encoder", dims, "float32", "cpu") == plain
 
 
+def test_the_cpu_is_part_of_the_cache_key(tiny_weights, monkeypatch):
+    """Code compiled on one kind of CPU is not loaded on another (AVX-512 code would die with
+    SIGILL on an AVX2 machine; the kernels' register blocks follow the vector width)."""
+    from maxwhisper import custom_ops
+
+    assert custom_ops.host_cpu() == custom_ops.host_cpu() != ""
+    dims = tiny_weights.dims
+    here = cache_key("encoder", dims, "float32", "cpu")
+    monkeypatch.setattr(custom_ops, "host_cpu", lambda: "GenuineIntel-6-143-0123456789ab")
+    assert cache_key("encoder", dims, "float32", "cpu") != here
+
+
 def test_the_built_graph_is_part_of_the_cache_key(tiny_weights, monkeypatch):
     """A builder that produces another graph (an edited or patched `model.py`) gets its own
     compiled model: the key holds a digest of the graph's IR, which is stable build to build."""

@@ -9,18 +9,24 @@
 # V (A, hd) stream once, front to back, for a block of up to six query rows (the beams share
 # the window): the block's scores of 64 positions at a time stay in registers while K^T's hd
 # rows stream through, and its output sums (64 per row) while V's rows stream through. Heads are
-# shared out over the physical cores; every value is float32, as in MAX's own path.
+# shared out over the physical cores; every value is float32, as in MAX's own path. The
+# register blocks follow the target: with AVX2 (16 registers of 8 floats) a block's scores
+# and output sums are held 16 a row at a time (12 registers for six rows), where AVX-512 holds
+# 64 (24 registers); every sum runs in the same order, so the same bits.
 
 import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 from std.math import exp, sqrt
-from std.sys.info import num_physical_cores
+from std.sys.info import num_physical_cores, simd_width_of
 
 
 comptime HD = 64  # Whisper's head width, every model size
-comptime CHUNK = 64  # audio positions whose scores stay in registers (4 AVX-512 vectors)
+comptime CHUNK = 64  # audio positions a vectorised chunk of scores holds
+comptime LANES = simd_width_of[DType.float32]()  # 16 with AVX-512, 8 with AVX2
+comptime REG_ROWS = 6  # rows of a block (the beams of a window fit in one)
+comptime REG = CHUNK if LANES >= 16 else 2 * LANES  # a block row's scores or sums in registers
 comptime STREAMED_ROWS = 2  # up to this many rows, K^T is read as one stream (see `block`)
 
 
@@ -100,17 +106,17 @@ struct CrossAttention:
                         top[i] = max(top[i], scaled)
                         wr.unsafe_store(a, scaled)
             else:
-                # scores, 64 positions at a time in registers, K^T's rows streaming
-                for a in range(0, vector_end, CHUNK):
-                    var s = Array[SIMD[DType.float32, CHUNK], rb](fill=0)
+                # scores, REG positions at a time in registers, K^T's rows streaming
+                for a in range(0, vector_end, REG):
+                    var s = Array[SIMD[DType.float32, REG], rb](fill=0)
                     for d in range(HD):
-                        var k = kh.unsafe_load[width=CHUNK](d * positions + a)
+                        var k = kh.unsafe_load[width=REG](d * positions + a)
                         comptime for i in range(rb):
                             s[i] += k * qp.unsafe_load(((r0 + i) * heads + h) * HD + d)
                     comptime for i in range(rb):
                         var scaled = s[i] * scale
                         top[i] = max(top[i], scaled.reduce_max())
-                        wp.unsafe_store[width=CHUNK]((h * rows + r0 + i) * positions + a, scaled)
+                        wp.unsafe_store[width=REG]((h * rows + r0 + i) * positions + a, scaled)
                 for a in range(vector_end, positions):  # the ragged end
                     comptime for i in range(rb):
                         var s = Float32(0)
@@ -136,14 +142,15 @@ struct CrossAttention:
                     wr.unsafe_store[width=CHUNK](a, wr.unsafe_load[width=CHUNK](a) / total)
                 for a in range(vector_end, positions):
                     wr.unsafe_store(a, wr.unsafe_load(a) / total)
-            # out = weights @ V: hd = 64 sums per row in registers, V's rows streaming
-            var acc = Array[SIMD[DType.float32, HD], rb](fill=0)
-            for a in range(positions):
-                var v = vh.unsafe_load[width=HD](a * HD)
+            # out = weights @ V: REG of the hd = 64 sums per row in registers, V's rows streaming
+            comptime for c in range(0, HD, REG):
+                var acc = Array[SIMD[DType.float32, REG], rb](fill=0)
+                for a in range(positions):
+                    var v = vh.unsafe_load[width=REG](a * HD + c)
+                    comptime for i in range(rb):
+                        acc[i] += v * wp.unsafe_load((h * rows + r0 + i) * positions + a)
                 comptime for i in range(rb):
-                    acc[i] += v * wp.unsafe_load((h * rows + r0 + i) * positions + a)
-            comptime for i in range(rb):
-                op.unsafe_store[width=HD](((r0 + i) * heads + h) * HD, acc[i])
+                    op.unsafe_store[width=REG](((r0 + i) * heads + h) * HD + c, acc[i])
 
         def work(worker: Int) {imm}:
             var pairs = groups * heads  # (window, head) pairs shared out over the cores
@@ -152,9 +159,9 @@ struct CrossAttention:
                 var h = pair % heads
                 var r = g * group_rows
                 var end = r + group_rows
-                while end - r >= 6:
-                    block[6](g, h, r)
-                    r += 6
+                while end - r >= REG_ROWS:
+                    block[REG_ROWS](g, h, r)
+                    r += REG_ROWS
                 var left = end - r  # 0 to 5 rows: one more block (the beams fit in one)
                 if left == 5:
                     block[5](g, h, r)

@@ -12,7 +12,11 @@
 # item is 24 query rows of one head: the four micro-blocks share each 64 x 64 tile of K^T while
 # it is in L1, and the item's scores (24 x T) stay in L2 between the softmax and the value
 # product. Items are shared out over the physical cores in head order, so a core packs each
-# head's K^T once. Every value is float32; the weights are normalised after the value product
+# head's K^T once. The micro-block's width follows the target's vector registers: with AVX2
+# (16 registers of 8 floats) six rows x 64 sums would need 48 registers and spill, so there it
+# is six rows x 16 sums (12 registers), the tile and the head's 64 columns in four passes
+# (measured on a Zen 3: 81 -> 43-53 ms a tiny block; three rows x 32 took 58); each score and
+# each output is still summed in the same order, so the same bits on every target. Every value is float32; the weights are normalised after the value product
 # (one multiply per output instead of one per score).
 
 import extensibility
@@ -21,12 +25,14 @@ from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 from std.math import exp
 from std.memory import alloc
-from std.sys.info import num_physical_cores
+from std.sys.info import num_physical_cores, simd_width_of
 
 
 comptime HD = 64  # Whisper's head width, every model size
-comptime TILE = 64  # key positions whose scores stay in registers (4 AVX-512 vectors)
-comptime MICRO = 6  # query rows of a micro-block (6 x 4 accumulators of 32 registers)
+comptime TILE = 64  # key positions a tile of K^T and of the scores holds
+comptime LANES = simd_width_of[DType.float32]()  # 16 with AVX-512, 8 with AVX2
+comptime MICRO = 6  # query rows of a micro-block
+comptime REG = TILE if LANES >= 16 else 2 * LANES  # a micro-block row's sums in registers
 comptime ITEM = 24  # query rows of a work item (4 micro-blocks)
 
 
@@ -69,29 +75,30 @@ struct EncoderAttention:
             @always_inline
             def score_rows[rb: Int](q_row: Int, s_row: Int, h: Int) {imm}:
                 # rb query rows (absolute row q_row of qkv) against every key tile
-                for a in range(0, padded, TILE):
-                    var s = Array[SIMD[DType.float32, TILE], rb](fill=0)
+                for a in range(0, padded, REG):
+                    var s = Array[SIMD[DType.float32, REG], rb](fill=0)
                     for d in range(HD):
-                        var k = kt.unsafe_load[width=TILE](d * padded + a)
+                        var k = kt.unsafe_load[width=REG](d * padded + a)
                         comptime for i in range(rb):
                             s[i] += k * xp.unsafe_load((q_row + i) * width + h * HD + d)
                     comptime for i in range(rb):
-                        scores.unsafe_store[width=TILE]((s_row + i) * padded + a, s[i] * scale)
+                        scores.unsafe_store[width=REG]((s_row + i) * padded + a, s[i] * scale)
 
             @always_inline
             def value_rows[rb: Int](s_row: Int, t0: Int, t1: Int, window: Int, h: Int) {imm}:
-                # rb rows' weighted sums over keys t0..t1-1 of V's rows, 64 sums a row in
-                # registers, carried between key chunks in `sums`
-                var acc = Array[SIMD[DType.float32, HD], rb](fill=0)
-                comptime for i in range(rb):
-                    acc[i] = sums.unsafe_load[width=HD]((s_row + i) * HD)
-                var vh = xp.unsafe_offset(window * length * width + 2 * d_model + h * HD)
-                for t in range(t0, t1):
-                    var v = vh.unsafe_load[width=HD](t * width)
+                # rb rows' weighted sums over keys t0..t1-1 of V's rows, REG of a row's 64
+                # sums at a time in registers, carried between key chunks in `sums`
+                comptime for c in range(0, HD, REG):
+                    var acc = Array[SIMD[DType.float32, REG], rb](fill=0)
                     comptime for i in range(rb):
-                        acc[i] += v * scores.unsafe_load((s_row + i) * padded + t)
-                comptime for i in range(rb):
-                    sums.unsafe_store[width=HD]((s_row + i) * HD, acc[i])
+                        acc[i] = sums.unsafe_load[width=REG]((s_row + i) * HD + c)
+                    var vh = xp.unsafe_offset(window * length * width + 2 * d_model + h * HD + c)
+                    for t in range(t0, t1):
+                        var v = vh.unsafe_load[width=REG](t * width)
+                        comptime for i in range(rb):
+                            acc[i] += v * scores.unsafe_load((s_row + i) * padded + t)
+                    comptime for i in range(rb):
+                        sums.unsafe_store[width=REG]((s_row + i) * HD + c, acc[i])
 
             for item in range(items * worker // workers, items * (worker + 1) // workers):
                 var pair = item // per_head
