@@ -142,15 +142,19 @@ struct CrossAttention:
                     wr.unsafe_store[width=CHUNK](a, wr.unsafe_load[width=CHUNK](a) / total)
                 for a in range(vector_end, positions):
                     wr.unsafe_store(a, wr.unsafe_load(a) / total)
-            # out = weights @ V: REG of the hd = 64 sums per row in registers, V's rows streaming
-            comptime for c in range(0, HD, REG):
-                var acc = Array[SIMD[DType.float32, REG], rb](fill=0)
+            # out = weights @ V: `cols` of the hd = 64 sums per row in registers, V's rows
+            # streaming (one row: all 64, V read once front to back; AVX2: 32 for two or
+            # three rows, 16 for more, V's rows in passes)
+            comptime cols = HD if rb == 1 or LANES >= 16 else (
+                4 * LANES if rb <= 3 else 2 * LANES)
+            comptime for c in range(0, HD, cols):
+                var acc = Array[SIMD[DType.float32, cols], rb](fill=0)
                 for a in range(positions):
-                    var v = vh.unsafe_load[width=REG](a * HD + c)
+                    var v = vh.unsafe_load[width=cols](a * HD + c)
                     comptime for i in range(rb):
                         acc[i] += v * wp.unsafe_load((h * rows + r0 + i) * positions + a)
                 comptime for i in range(rb):
-                    op.unsafe_store[width=REG](((r0 + i) * heads + h) * HD + c, acc[i])
+                    op.unsafe_store[width=cols](((r0 + i) * heads + h) * HD + c, acc[i])
 
         def work(worker: Int) {imm}:
             var pairs = groups * heads  # (window, head) pairs shared out over the cores
