@@ -24,7 +24,8 @@ MODELS = ["tiny.en", "base"]
 # evaluated in float64 (measured 2026-11-25): 1.7e-3 for tiny.en, 1.1e-3 and 1.2e-3 for base.
 # There "within 1e-3 of torch" cannot be promised by a float32 implementation that is more
 # exact than torch, so a model whose encoder starts in float64 (base) is held to the exact
-# result, and an all-float32 one (tiny.en) to torch. See docs/performance.md, "Precision".
+# result, and an all-float32 one (tiny.en) to torch or, where torch is further from the exact
+# result, to that (`_as_exact_as_torch`). See docs/performance.md, "Precision".
 HARD_CLIPS = {"tiny.en": ["1089-134691-0000.flac"], "base": ["1221-135766-0002.wav",
                                                             "LJ001-0009.wav"]}
 
@@ -35,21 +36,44 @@ def _torch_model(weights):
     return torch_whisper(weights)
 
 
+def _as_exact_as_torch(ours_torch: float, ours_exact: float, torch_exact: float) -> bool:
+    """An encoder output passes when it is within 1e-3 of openai-whisper's float32 one
+    (`ours_torch`, a max-abs difference), or no further from the exact (float64) result than
+    that float32 output is (1e-3 at least).
+
+    Why both: float32 results depend on the CPU's kernels. On the AVX-512 machine MAX stayed
+    within 1e-3 of torch on every clip; on an AVX2 machine (Zen 3, 2026-11-29) torch's own
+    float32 encoder moved to 2.2e-3 from the exact result on a hard clip while MAX stayed
+    within 9.2e-4 of it, 1.3e-3 from torch: closer to the exact result than the reference."""
+    return bool(ours_torch <= 1e-3 or ours_exact <= max(1e-3, torch_exact))
+
+
 @pytest.mark.parametrize("name", MODELS)
-def test_encoder_and_decoder_logits_match_per_stage(name, jfk):
+def test_encoder_and_decoder_logits_match_per_stage(name, jfk, monkeypatch):
     torch = pytest.importorskip("torch")
+    import whisper.model
+
+    # openai-whisper's LayerNorm computes in float32 whatever its input; let float64 be float64
+    # (float32 inputs give the same values either way)
+    monkeypatch.setattr(whisper.model.LayerNorm, "forward", torch.nn.LayerNorm.forward)
     model = max_model(name)
     reference = _torch_model(model.weights)
     mel = A.log_mel_spectrogram(A.pad_or_trim(A.load_audio(jfk.path)))[None]
     features = model.encode(mel)
     with torch.no_grad():
-        ref_audio = reference.encoder(torch.from_numpy(mel))
-        assert np.abs(features.audio - ref_audio.numpy()).max() <= 1e-3
-        # a prompt, then tokens fed one at a time through the cache, against one full pass
+        ref_audio = reference.encoder(torch.from_numpy(mel)).numpy()
+        exact = reference.double().encoder(torch.from_numpy(mel).double()).numpy()
+        reference.float()
+        distances = (np.abs(features.audio - ref_audio).max(),
+                     np.abs(features.audio - exact).max(), np.abs(ref_audio - exact).max())
+        assert _as_exact_as_torch(*distances), distances
+        # the decoder stage on the same audio features (ours): a prompt, then tokens fed one
+        # at a time through the cache, against one full pass of openai-whisper's decoder
         tokens = [50257, 50362, 843, 523, 616, 5891, 3399, 11, 1265, 407]
         if model.dims.is_multilingual:
             tokens = [50258, 50259, 50359, 50363, 400, 370, 452, 7177, 6280, 11]
-        ref_logits = reference.decoder(torch.tensor([tokens]), ref_audio).numpy()[0]
+        ref_logits = reference.decoder(torch.tensor([tokens]),
+                                       torch.from_numpy(features.audio)).numpy()[0]
     cache = model.new_cache(1)
     ours = [model.decode_step(np.array([tokens[:3]]), features, cache)[0]]
     ours += [model.decode_step(np.array([[t]]), features, cache)[0] for t in tokens[3:]]
@@ -86,7 +110,8 @@ def test_encoder_where_torch_float32_is_far_from_exact(name, speech_clips, monke
         assert max(ours_exact) <= 1e-3, report
         assert max(ours_exact) < max(torch_exact), report
     else:
-        assert max(ours_torch) <= 1e-3, report
+        assert all(_as_exact_as_torch(*clip) for clip in
+                   zip(ours_torch, ours_exact, torch_exact, strict=True)), report
 
 
 def _tokens(result):
