@@ -48,25 +48,39 @@ def _as_exact_as_torch(ours_torch: float, ours_exact: float, torch_exact: float)
     return bool(ours_torch <= 1e-3 or ours_exact <= max(1e-3, torch_exact))
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_encoder_and_decoder_logits_match_per_stage(name, jfk, monkeypatch):
+@pytest.fixture
+def float64_layer_norm(monkeypatch):
+    """openai-whisper's LayerNorm computes in float32 whatever its input; let float64 be float64
+    (float32 inputs give the same values either way)."""
     torch = pytest.importorskip("torch")
     import whisper.model
 
-    # openai-whisper's LayerNorm computes in float32 whatever its input; let float64 be float64
-    # (float32 inputs give the same values either way)
     monkeypatch.setattr(whisper.model.LayerNorm, "forward", torch.nn.LayerNorm.forward)
+
+
+def _encoder_distances(ours: np.ndarray, reference, mel: np.ndarray) -> tuple[float, float, float]:
+    """Max-abs distances of MAX's encoder output `ours` to openai-whisper's float32 output and
+    to the exact (float64) result, and of that float32 output to the exact result."""
+    import torch
+
+    with torch.no_grad():
+        torch_float32 = reference.float().encoder(torch.from_numpy(mel)).numpy()
+        exact = reference.double().encoder(torch.from_numpy(mel).double()).numpy()
+    reference.float()
+    return (float(np.abs(ours - torch_float32).max()), float(np.abs(ours - exact).max()),
+            float(np.abs(torch_float32 - exact).max()))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_encoder_and_decoder_logits_match_per_stage(name, jfk, float64_layer_norm):
+    torch = pytest.importorskip("torch")
     model = max_model(name)
     reference = _torch_model(model.weights)
     mel = A.log_mel_spectrogram(A.pad_or_trim(A.load_audio(jfk.path)))[None]
     features = model.encode(mel)
+    distances = _encoder_distances(features.audio, reference, mel)
+    assert _as_exact_as_torch(*distances), distances
     with torch.no_grad():
-        ref_audio = reference.encoder(torch.from_numpy(mel)).numpy()
-        exact = reference.double().encoder(torch.from_numpy(mel).double()).numpy()
-        reference.float()
-        distances = (np.abs(features.audio - ref_audio).max(),
-                     np.abs(features.audio - exact).max(), np.abs(ref_audio - exact).max())
-        assert _as_exact_as_torch(*distances), distances
         # the decoder stage on the same audio features (ours): a prompt, then tokens fed one
         # at a time through the cache, against one full pass of openai-whisper's decoder
         tokens = [50257, 50362, 843, 523, 616, 5891, 3399, 11, 1265, 407]
@@ -84,12 +98,7 @@ def test_encoder_and_decoder_logits_match_per_stage(name, jfk, monkeypatch):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_encoder_where_torch_float32_is_far_from_exact(name, speech_clips, monkeypatch):
-    torch = pytest.importorskip("torch")
-    import whisper.model
-
-    # openai-whisper's LayerNorm computes in float32 whatever its input; let float64 be float64
-    monkeypatch.setattr(whisper.model.LayerNorm, "forward", torch.nn.LayerNorm.forward)
+def test_encoder_where_torch_float32_is_far_from_exact(name, speech_clips, float64_layer_norm):
     model = max_model(name)
     reference = _torch_model(model.weights)
     clips = [c for c in speech_clips if c.name in HARD_CLIPS[name]]
@@ -97,13 +106,11 @@ def test_encoder_where_torch_float32_is_far_from_exact(name, speech_clips, monke
     ours_exact, ours_torch, torch_exact = [], [], []
     for clip in clips:
         mel = A.log_mel_spectrogram(A.pad_or_trim(A.load_audio(clip.path)))[None]
-        ours = model.encode(mel).audio
-        with torch.no_grad():
-            torch_float32 = reference.float().encoder(torch.from_numpy(mel)).numpy()
-            exact = reference.double().encoder(torch.from_numpy(mel).double()).numpy()
-        ours_exact.append(np.abs(ours - exact).max())
-        ours_torch.append(np.abs(ours - torch_float32).max())
-        torch_exact.append(np.abs(torch_float32 - exact).max())
+        to_torch, to_exact, torch_to_exact = _encoder_distances(model.encode(mel).audio,
+                                                                reference, mel)
+        ours_torch.append(to_torch)
+        ours_exact.append(to_exact)
+        torch_exact.append(torch_to_exact)
     report = {"max-exact": ours_exact, "max-torch": ours_torch, "torch-exact": torch_exact}
     assert max(torch_exact) > 1e-3, report  # what makes these clips hard
     if model.float64_blocks:
