@@ -19,14 +19,15 @@ from extensibility import InputTensor, OutputTensor
 from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 from std.math import exp, sqrt
-from std.sys.info import num_physical_cores, simd_width_of
+from std.sys.info import num_physical_cores
+
+from .registers import block_columns
 
 
 comptime HD = 64  # Whisper's head width, every model size
 comptime CHUNK = 64  # audio positions a vectorised chunk of scores holds
-comptime LANES = simd_width_of[DType.float32]()  # 16 with AVX-512, 8 with AVX2
 comptime REG_ROWS = 6  # rows of a block (the beams of a window fit in one)
-comptime REG = CHUNK if LANES >= 16 else 2 * LANES  # a block row's scores or sums in registers
+comptime REG = block_columns[REG_ROWS, CHUNK]()  # a block row's scores in registers
 comptime STREAMED_ROWS = 2  # up to this many rows, K^T is read as one stream (see `block`)
 
 
@@ -144,9 +145,8 @@ struct CrossAttention:
                     wr.unsafe_store(a, wr.unsafe_load(a) / total)
             # out = weights @ V: `cols` of the hd = 64 sums per row in registers, V's rows
             # streaming (one row: all 64, V read once front to back; AVX2: 32 for two or
-            # three rows, 16 for more, V's rows in passes)
-            comptime cols = HD if rb == 1 or LANES >= 16 else (
-                4 * LANES if rb <= 3 else 2 * LANES)
+            # three rows, 16 for more, V's rows in passes; `registers.block_columns`)
+            comptime cols = block_columns[rb, HD]()
             comptime for c in range(0, HD, cols):
                 var acc = Array[SIMD[DType.float32, cols], rb](fill=0)
                 for a in range(positions):

@@ -12,12 +12,13 @@
 # item is 24 query rows of one head: the four micro-blocks share each 64 x 64 tile of K^T while
 # it is in L1, and the item's scores (24 x T) stay in L2 between the softmax and the value
 # product. Items are shared out over the physical cores in head order, so a core packs each
-# head's K^T once. The micro-block's width follows the target's vector registers: with AVX2
-# (16 registers of 8 floats) six rows x 64 sums would need 48 registers and spill, so there it
-# is six rows x 16 sums (12 registers), the tile and the head's 64 columns in four passes
+# head's K^T once. The micro-block's width follows the target's vector registers
+# (`registers.block_columns`): with AVX2 six rows x 64 sums would need 48 registers and spill,
+# so there it is six rows x 16 sums, the tile and the head's 64 columns in four passes
 # (measured on a Zen 3: 81 -> 43-53 ms a tiny block; three rows x 32 took 58); each score and
-# each output is still summed in the same order, so the same bits on every target. Every value is float32; the weights are normalised after the value product
-# (one multiply per output instead of one per score).
+# each output is still summed in the same order, so the same bits on every target. Every
+# value is float32; the weights are normalised after the value product (one multiply per
+# output instead of one per score).
 
 import extensibility
 from extensibility import InputTensor, OutputTensor
@@ -25,14 +26,15 @@ from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 from std.math import exp
 from std.memory import alloc
-from std.sys.info import num_physical_cores, simd_width_of
+from std.sys.info import num_physical_cores
+
+from .registers import block_columns
 
 
 comptime HD = 64  # Whisper's head width, every model size
 comptime TILE = 64  # key positions a tile of K^T and of the scores holds
-comptime LANES = simd_width_of[DType.float32]()  # 16 with AVX-512, 8 with AVX2
 comptime MICRO = 6  # query rows of a micro-block
-comptime REG = TILE if LANES >= 16 else 2 * LANES  # a micro-block row's sums in registers
+comptime REG = block_columns[MICRO, TILE]()  # a micro-block row's sums in registers
 comptime ITEM = 24  # query rows of a work item (4 micro-blocks)
 
 

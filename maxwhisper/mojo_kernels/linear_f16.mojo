@@ -14,13 +14,12 @@
 # prefetcher follows at full speed. A block of rows keeps its float32 sums in registers while
 # the panel's rows stream through, so each weight is widened once and used for every row of the
 # block (the beams; or the prompt rows of a prefill, where the block makes this a small GEMM
-# micro-kernel). A block is up to six rows; its width follows the target's vector registers
-# (`rows_block`): with AVX-512 (32 registers of 16 floats) always the panel's 64 columns (at
-# most 24 registers). With AVX2 (16 registers of 8 floats) that would need up to 48 and spill,
-# so six rows take 16 columns at a time and two or three rows 32 (12 registers), a panel in
-# passes; one row still takes the whole panel (8 registers). Measured on a Zen 3 with AVX2,
-# the output projection: 200 rows 189 -> 83-87 ms, 5 rows (as 3 + 2) 6.1 -> 5.1-5.6 ms (as
-# 6 x 16 columns 6.4-7.0). Every sum runs over k in the same order whatever the block, so the
+# micro-kernel). A block is up to six rows, as wide as the target's vector registers allow
+# (`registers.block_columns`): with AVX-512 always the panel's 64 columns; with AVX2 one row
+# takes the whole panel, two or three rows 32 columns and six rows 16 (the panel in passes),
+# and four or five rows go as three and the rest at 32 columns. Measured on a Zen 3 with AVX2,
+# the output projection: 200 rows 189 -> 63-87 ms, 5 rows (as 3 + 2) 6.1 -> 4.2-5.6 ms (as
+# 5 x 16 columns 6.4-7.0). Every sum runs over k in the same order whatever the block, so the
 # outputs are the same bits on every target. Panels are shared out over the physical cores.
 
 import extensibility
@@ -28,11 +27,12 @@ from extensibility import InputTensor, OutputTensor
 from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 from std.math import erf
-from std.sys.info import num_physical_cores, simd_width_of
+from std.sys.info import num_physical_cores
+
+from .registers import block_columns
 
 
 comptime PANEL = 64  # output columns per panel: 4 AVX-512 vectors of float32
-comptime LANES = simd_width_of[DType.float32]()  # 16 with AVX-512, 8 with AVX2
 comptime REG_ROWS = 6  # rows of a full block (a prefill's prompt rows)
 comptime SERIAL_BYTES = 2 * 1024 * 1024  # work below this runs on one core (see run_linear)
 
@@ -118,21 +118,21 @@ def run_linear[gelu: Bool](
             out.unsafe_store[width=cols]((r + i) * n_dim + n, finish[gelu, cols](acc[i], b))
 
     @always_inline
+    def columns_block[rb: Int](r: Int, panel_index: Int) {imm}:
+        # rb rows of one panel, in passes as wide as the registers hold (see the header)
+        comptime cols = block_columns[rb, PANEL]()
+        comptime for c0 in range(0, PANEL, cols):
+            block[rb, cols](r, panel_index, c0)
+
+    @always_inline
     def rows_block[rb: Int](r: Int, panel_index: Int) {imm}:
-        # rb <= 6 rows of one panel, in register blocks that fit the target (see the header)
-        comptime if rb == 1 or LANES >= 16:
-            block[rb, PANEL](r, panel_index, 0)
-        elif rb <= 3:
-            comptime for c0 in range(0, PANEL, 4 * LANES):
-                block[rb, 4 * LANES](r, panel_index, c0)
-        elif rb < 6:  # three rows, then the other one or two
-            comptime for c0 in range(0, PANEL, 4 * LANES):
-                block[3, 4 * LANES](r, panel_index, c0)
-            comptime for c0 in range(0, PANEL, 4 * LANES):
-                block[rb - 3, 4 * LANES](r + 3, panel_index, c0)
+        # A partial block of four or five rows goes as three rows and the rest where that keeps
+        # the wider passes of three rows (AVX2: 32 columns, not 16).
+        comptime if 3 < rb < REG_ROWS and block_columns[rb, PANEL]() < block_columns[3, PANEL]():
+            columns_block[3](r, panel_index)
+            columns_block[rb - 3](r + 3, panel_index)
         else:
-            comptime for c0 in range(0, PANEL, 2 * LANES):
-                block[rb, 2 * LANES](r, panel_index, c0)
+            columns_block[rb](r, panel_index)
 
     def work(worker: Int) {imm}:
         for p in range(panels * worker // workers, panels * (worker + 1) // workers):
