@@ -16,13 +16,17 @@ last n tokens (a guess that was not taken).
 from __future__ import annotations
 
 import gzip
+import statistics
+import time
+import weakref
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from .audio import CHUNK_LENGTH
-from .settings import text_guess_allowed, timestamp_guess_allowed
+from .settings import text_guess_setting, timestamp_guess_allowed
 from .tokenizer import Tokenizer, get_tokenizer
 
 
@@ -463,11 +467,12 @@ def _can_guess(selector, tokens: np.ndarray) -> bool:
 
 
 def _guess(setup: DecodingSetup, tokens: np.ndarray, n_ctx: int, timestamps: bool = True,
-           text: bool = True) -> int | None:
+           text: bool = True) -> tuple[int, str] | None:
     """The next token, guessed where a guess costs little to check.
 
     The decoder runs the token just chosen and the guess as two positions of one step, which
-    reads the weights once (3.3 against 3.2 ms here). The logits of each position are those
+    reads the weights once (3.4 against 3.2 ms on a Zen 4 with AVX-512, 9.2 against 7.0 ms on
+    a Zen 3 with AVX2). The logits of each position are those
     of separate steps, bit for bit (the decoder's rows and positions are computed
     independently; tested on the real decoder), so when the rules pick the guessed token the
     second position's logits are the next step's and a step is saved; otherwise the guess is
@@ -477,17 +482,66 @@ def _guess(setup: DecodingSetup, tokens: np.ndarray, n_ctx: int, timestamps: boo
       one (or the end), and Whisper opens the next segment where the last one closed: all 44
       pairs of the 229-s clip repeat the timestamp.
     - `text`: after a text token, the token that followed the same tokens earlier in the
-      window's prompt or text (`_follower`): right about one time in eight, which pays, as a
-      wrong guess costs ~5 % of a step and a right one saves a step."""
+      window's prompt or text (`_follower`): right about one time in eight, which pays where a
+      second position costs little (`GuessCosts` decides).
+    Returns the guessed token and which kind of guess it is."""
     if tokens.shape[1] + 1 > n_ctx:
         return None
     begin, eot = setup.tokenizer.timestamp_begin, setup.tokenizer.eot
     sampled = tokens[0, setup.sample_begin:]
     if timestamps and len(sampled) >= 2 and sampled[-1] >= begin > sampled[-2]:
-        return int(sampled[-1])
+        return int(sampled[-1]), "timestamps"
     if text and len(sampled) >= 1 and sampled[-1] < eot:
-        return _follower(tokens[0], eot)
+        follower = _follower(tokens[0], eot)
+        return None if follower is None else (follower, "text")
     return None
+
+
+@dataclass
+class GuessCosts:
+    """What a checked text guess costs and wins with one engine on this machine, learnt while
+    decoding, to decide whether to guess (`MAXWHISPER_TEXT_GUESS` unset).
+
+    A step that also runs a guessed token costs the second position (`two - one`) on every try
+    and saves a whole step (`one`) when the guess is taken, so a guess that is taken a fraction
+    p of the time pays where `two - one < p * one`. Text guesses are taken about one time in
+    eight; the second position's cost is the machine's: 0.2 ms of a 3.2-ms step on a Zen 4 with
+    AVX-512 (guessing pays), 2.2 ms of a 7-ms step on a Zen 3 with AVX2, where a row's float32
+    sums take twice the registers (guessing loses: 229-s clip 12.9 s with, 12.1-12.5 s without).
+    The step times are medians of the latest steps of each kind (a two-token step is also a
+    timestamp guess, which is right nearly always and is always made); the hit rate starts
+    from one in eight. Until both kinds of step have been timed a few times, guess."""
+
+    one: deque = field(default_factory=lambda: deque(maxlen=GUESS_COST_STEPS))
+    two: deque = field(default_factory=lambda: deque(maxlen=GUESS_COST_STEPS))
+    text_tries: int = 8  # the prior: one right in eight tries
+    text_hits: int = 1
+
+    def record_step(self, positions: int, seconds: float) -> None:
+        (self.one if positions == 1 else self.two).append(seconds)
+
+    def record_text_guess(self, taken: bool) -> None:
+        self.text_tries += 1
+        self.text_hits += taken
+
+    def text_guess_pays(self) -> bool:
+        if min(len(self.one), len(self.two)) < GUESS_COST_MIN_STEPS:
+            return True
+        one, two = statistics.median(self.one), statistics.median(self.two)
+        return two - one < self.text_hits / self.text_tries * one
+
+
+GUESS_COST_STEPS = 64  # the latest steps of each kind whose median is a step's cost
+GUESS_COST_MIN_STEPS = 8
+_guess_costs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def guess_costs(model: WhisperEngine) -> GuessCosts:
+    """The engine's `GuessCosts`, kept across windows and calls for as long as the engine lives."""
+    try:
+        return _guess_costs.setdefault(model, GuessCosts())
+    except TypeError:  # an engine that cannot be a weak key (unhashable): learn per window
+        return GuessCosts()
 
 
 def _follower(row: np.ndarray, eot: int) -> int | None:
@@ -509,28 +563,38 @@ def _sample(model: WhisperEngine, features, cache, setup: DecodingSetup, selecto
             tokens: np.ndarray, sum_logprobs: np.ndarray, logits: np.ndarray) -> np.ndarray:
     """From the prompt's last logits: filter, pick, run the picked tokens, until every row has
     ended or the text context is full. Returns the tokens, prompt included."""
-    kinds = {"timestamps": timestamp_guess_allowed(), "text": text_guess_allowed()}
-    guessing = any(kinds.values()) and _can_guess(selector, tokens)
+    timestamps, text_setting = timestamp_guess_allowed(), text_guess_setting()
+    guessing = (timestamps or text_setting is not False) and _can_guess(selector, tokens)
+    costs = guess_costs(model) if guessing and text_setting is None else None
     ahead = None  # the logits after a guessed token, computed with the step before it
     for step in range(setup.sample_len):
         guess = None
         if step > 0 and ahead is not None:  # the guess was taken: this step is done already
             logits, ahead = ahead, None
         elif step > 0:
-            guess = _guess(setup, tokens, model.dims.n_text_ctx, **kinds) if guessing else None
+            if guessing:
+                text = text_setting if costs is None else costs.text_guess_pays()
+                guess = _guess(setup, tokens, model.dims.n_text_ctx, timestamps, text)
+            started = time.perf_counter()
             if guess is None:
                 logits = model.decode_step(tokens[:, -1:], features, cache, positions=[-1])[:, -1]
             else:
-                pair = np.array([[tokens[0, -1], guess]], dtype=np.int64)
+                pair = np.array([[tokens[0, -1], guess[0]]], dtype=np.int64)
                 both = model.decode_step(pair, features, cache, positions=[0, 1])
                 logits, ahead = both[:, 0], both[:, 1]
+            if costs is not None:
+                costs.record_step(1 if guess is None else 2, time.perf_counter() - started)
         logits = np.array(logits, dtype=np.float32)
         for logit_filter in setup.filters:
             logit_filter.apply(logits, tokens)
         tokens, completed = selector.update(tokens, logits, sum_logprobs, cache)
-        if guess is not None and tokens[0, -1] != guess:
-            cache.rewind(1)
-            ahead = None
+        if guess is not None:
+            taken = bool(tokens[0, -1] == guess[0])
+            if costs is not None and guess[1] == "text":
+                costs.record_text_guess(taken)
+            if not taken:
+                cache.rewind(1)
+                ahead = None
         if completed or tokens.shape[-1] > model.dims.n_text_ctx:
             break
     return tokens

@@ -62,11 +62,16 @@ def timestamp_guess_allowed() -> bool:
     return os.environ.get("MAXWHISPER_TIMESTAMP_GUESS", "1") != "0"
 
 
-def text_guess_allowed() -> bool:
-    """`MAXWHISPER_TEXT_GUESS=0` turns off the greedy decoder's checked guess of the next text
-    token from the text before it (`decoding._follower`), for A/B runs; the tokens are the same
-    either way."""
-    return os.environ.get("MAXWHISPER_TEXT_GUESS", "1") != "0"
+def text_guess_setting() -> bool | None:
+    """`MAXWHISPER_TEXT_GUESS`: 1 always runs the greedy decoder's checked guess of the next text
+    token (`decoding._follower`), 0 never; the tokens are the same either way. Unset: None, and
+    the decoder decides from what a guess costs and wins on this machine (`decoding.GuessCosts`)."""
+    value = os.environ.get("MAXWHISPER_TEXT_GUESS")
+    if value is None:
+        return None
+    if value not in ("0", "1"):
+        raise ValueError(f"MAXWHISPER_TEXT_GUESS must be 0 or 1, not {value!r}")
+    return value == "1"
 
 
 def resident_cache_setting() -> bool | None:

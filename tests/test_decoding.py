@@ -134,6 +134,41 @@ def test_text_guess_gives_the_same_tokens_in_fewer_steps(monkeypatch):
     assert results["1"][2] == results["0"][2] - 2  # two right guesses, two steps saved
 
 
+def test_text_guess_is_made_where_it_pays(monkeypatch):
+    """Unset, the text guess follows the measured step costs and hit rate: on until both kinds
+    of step are timed, then on where a second position costs less than the steps it saves."""
+    from maxwhisper.decoding import DecodingOptions, GuessCosts, decode, guess_costs
+    from maxwhisper.tokenizer import get_tokenizer
+
+    def timed(one_ms: float, two_ms: float) -> GuessCosts:
+        costs = GuessCosts()
+        assert costs.text_guess_pays()  # nothing timed yet
+        for _ in range(64):
+            costs.record_step(1, one_ms / 1000)
+            costs.record_step(2, two_ms / 1000)
+        return costs
+
+    assert timed(3.2, 3.4).text_guess_pays()  # a Zen 4 with AVX-512
+    avx2 = timed(7.0, 9.2)  # a Zen 3 with AVX2, one guess right in eight
+    assert not avx2.text_guess_pays()
+    for taken in [True, False] * 20:  # where the text repeats itself, one in two pays
+        avx2.record_text_guess(taken)
+    assert avx2.text_guess_pays()
+
+    monkeypatch.delenv("MAXWHISPER_TEXT_GUESS", raising=False)
+    monkeypatch.delenv("MAXWHISPER_TIMESTAMP_GUESS", raising=False)
+    tokenizer = get_tokenizer(False)
+    t = tokenizer.timestamp_begin
+    a, b, c = (tokenizer.encode(w)[0] for w in (" one", " two", " three"))
+    script = [t, a, b, c, a, b, c, a, b, c, t + 50, tokenizer.eot]
+    engine = ScriptedDecoder(script)
+    result = decode(engine, None, DecodingOptions(language="en"), features=object())
+    assert result.tokens == script[:-1]
+    costs = guess_costs(engine)  # the engine's costs, learnt in that window
+    assert len(costs.one) + len(costs.two) == engine.calls - 1  # every step but the prompt
+    assert costs.text_tries > 8
+
+
 def test_logsumexp_of_rows_equals_each_row_alone():
     """The timestamp rule's totals for all rows at once are, bit for bit, what each row gives
     alone (a 1-D float64 sum), also for rows masked to -inf in part or whole."""
