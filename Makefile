@@ -33,7 +33,7 @@ lint: setup
 
 test: setup compile
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=40
 
 test-fast: setup
 	$(PY) -m pytest -q -ra -m "not slow and not notebooks and not browser"
