@@ -66,12 +66,7 @@ def text_guess_setting() -> bool | None:
     """`MAXWHISPER_TEXT_GUESS`: 1 always runs the greedy decoder's checked guess of the next text
     token (`decoding._follower`), 0 never; the tokens are the same either way. Unset: None, and
     the decoder decides from what a guess costs and wins on this machine (`decoding.GuessCosts`)."""
-    value = os.environ.get("MAXWHISPER_TEXT_GUESS")
-    if value is None:
-        return None
-    if value not in ("0", "1"):
-        raise ValueError(f"MAXWHISPER_TEXT_GUESS must be 0 or 1, not {value!r}")
-    return value == "1"
+    return _on_off_or_unset("MAXWHISPER_TEXT_GUESS")
 
 
 def resident_cache_setting() -> bool | None:
@@ -79,11 +74,16 @@ def resident_cache_setting() -> bool | None:
     graph's device that the graph updates in place, 0 keeps it in host memory. Unset: None, and
     the engine decides (on for an accelerator, off on the CPU, where the host arrays are the
     device's memory already and maxwhisper's self-attention kernel reads them)."""
-    value = os.environ.get("MAXWHISPER_RESIDENT_CACHE")
+    return _on_off_or_unset("MAXWHISPER_RESIDENT_CACHE")
+
+
+def _on_off_or_unset(name: str) -> bool | None:
+    """A switch that is 1 (True), 0 (False) or unset (None: the code decides)."""
+    value = os.environ.get(name)
     if value is None:
         return None
     if value not in ("0", "1"):
-        raise ValueError(f"MAXWHISPER_RESIDENT_CACHE must be 0 or 1, not {value!r}")
+        raise ValueError(f"{name} must be 0 or 1, not {value!r}")
     return value == "1"
 
 
