@@ -7,18 +7,21 @@
 # but with the head split and merge around it the block's attention ran at ~125 GFLOP/s against
 # ~185 for its projections. Here the head split and merge are index arithmetic, and the two
 # products are register-blocked like the projections' kernel: a micro-block of six query rows
-# keeps 6 x 64 float32 sums in registers while 64 rows of the head's K^T (packed once per head
-# into a worker's buffer) or V stream through, so each loaded vector serves six rows. A work
-# item is 24 query rows of one head: the four micro-blocks share each 64 x 64 tile of K^T while
-# it is in L1, and the item's scores (24 x T) stay in L2 between the softmax and the value
-# product. Items are shared out over the physical cores in head order, so a core packs each
-# head's K^T once. The micro-block's width follows the target's vector registers
-# (`registers.block_columns`): with AVX2 six rows x 64 sums would need 48 registers and spill,
-# so there it is six rows x 16 sums, the tile and the head's 64 columns in four passes
-# (measured on a Zen 3: 81 -> 43-53 ms a tiny block; three rows x 32 took 58); each score and
-# each output is still summed in the same order, so the same bits on every target. Every
-# value is float32; the weights are normalised after the value product (one multiply per
-# output instead of one per score).
+# keeps 6 x 64 float32 sums in registers while the head's keys or values stream through, so
+# each loaded vector serves six rows. A work item is 24 query rows of one head: the four
+# micro-blocks share each 64-key tile of K^T while it is in L1, and the item's scores (24 x T)
+# stay in L2 between the softmax and the value product. Items are shared out over the physical
+# cores in head order, so a core packs each head's K^T and V once, into its own buffers: K^T in
+# panels of a micro-block's width (one panel's 64 x REG values contiguous), V as (T, 64). Read
+# in place, both strode by a row of qkv or of K^T (4.5-6 KB), which put a tile's 64 rows in two
+# to eight of L1's 64 sets and evicted them before their reuse: packing took a tiny block from
+# 55 to 40 ms on a Zen 3 (scores ~25 -> 19 ms, value product ~24 -> 17). The micro-block's
+# width follows the target's vector registers (`registers.block_columns`): with AVX2 six rows x
+# 64 sums would need 48 registers and spill, so there it is six rows x 16 sums, the tile and
+# the head's 64 columns in passes (81 -> 43-53 ms before packing; three rows x 32 took 58);
+# each score and each output is still summed in the same order, so the same bits on every
+# target. Every value is float32; the weights are normalised after the value product (one
+# multiply per output instead of one per score).
 
 import extensibility
 from extensibility import InputTensor, OutputTensor
@@ -68,19 +71,22 @@ struct EncoderAttention:
         var workers = min(num_physical_cores(), items)
 
         def work(worker: Int) {imm}:
-            var kt = alloc[Float32](HD * padded, alignment=64)  # this head's K^T (64, padded)
+            # this head's K^T in panels of REG keys: key t's value d at (t // REG, d, t % REG)
+            var kt = alloc[Float32](HD * padded, alignment=64)
+            var vp = alloc[Float32](HD * padded, alignment=64)  # this head's V (T, 64)
             var scores = alloc[Float32](ITEM * padded, alignment=64)
             var totals = alloc[Float32](ITEM)  # each row's softmax denominator
             var sums = alloc[Float32](ITEM * HD, alignment=64)  # the rows' value sums so far
             var packed = -1  # the (window, head) whose K^T is in kt
 
             @always_inline
-            def score_rows[rb: Int](q_row: Int, s_row: Int, h: Int) {imm}:
-                # rb query rows (absolute row q_row of qkv) against every key tile
-                for a in range(0, padded, REG):
+            def score_rows[rb: Int](q_row: Int, s_row: Int, h: Int, a0: Int) {imm}:
+                # rb query rows (absolute row q_row of qkv) against keys a0..a0+TILE-1
+                for a in range(a0, a0 + TILE, REG):
+                    var panel = kt.unsafe_offset(a * HD)  # K^T's columns a..a+REG-1, packed
                     var s = Array[SIMD[DType.float32, REG], rb](fill=0)
                     for d in range(HD):
-                        var k = kt.unsafe_load[width=REG](d * padded + a)
+                        var k = panel.unsafe_load[width=REG](d * REG)
                         comptime for i in range(rb):
                             s[i] += k * xp.unsafe_load((q_row + i) * width + h * HD + d)
                     comptime for i in range(rb):
@@ -94,9 +100,9 @@ struct EncoderAttention:
                     var acc = Array[SIMD[DType.float32, REG], rb](fill=0)
                     comptime for i in range(rb):
                         acc[i] = sums.unsafe_load[width=REG]((s_row + i) * HD + c)
-                    var vh = xp.unsafe_offset(window * length * width + 2 * d_model + h * HD + c)
+                    var vh = vp.unsafe_offset(c)
                     for t in range(t0, t1):
-                        var v = vh.unsafe_load[width=REG](t * width)
+                        var v = vh.unsafe_load[width=REG](t * HD)
                         comptime for i in range(rb):
                             acc[i] += v * scores.unsafe_load((s_row + i) * padded + t)
                     comptime for i in range(rb):
@@ -106,34 +112,39 @@ struct EncoderAttention:
                 var pair = item // per_head
                 var window = pair // heads
                 var h = pair % heads
-                if pair != packed:  # K^T of this head: key t's 64 values down column t
+                if pair != packed:  # K^T and V of this head, contiguous
                     for t in range(length):
                         var kp = xp.unsafe_offset((window * length + t) * width + d_model + h * HD)
+                        var panel = kt.unsafe_offset((t // REG) * REG * HD + t % REG)
                         for d in range(HD):
-                            kt.unsafe_store(d * padded + t, kp.unsafe_load(d))
-                    for d in range(HD):
-                        for t in range(length, padded):
-                            kt.unsafe_store(d * padded + t, 0)
+                            panel.unsafe_store(d * REG, kp.unsafe_load(d))
+                        vp.unsafe_store[width=HD](t * HD, kp.unsafe_load[width=HD](d_model))
+                    for t in range(length, padded):
+                        var panel = kt.unsafe_offset((t // REG) * REG * HD + t % REG)
+                        for d in range(HD):
+                            panel.unsafe_store(d * REG, 0)
                     packed = pair
                 var first = (item % per_head) * ITEM  # the item's first query position
                 var rows = min(ITEM, length - first)
                 var q_row = window * length + first  # its row in qkv (and in out)
                 var r = 0
-                while r < rows:  # the scores, a micro-block at a time
-                    var rb = min(MICRO, rows - r)
-                    if rb == 6:
-                        score_rows[6](q_row + r, r, h)
-                    elif rb == 5:
-                        score_rows[5](q_row + r, r, h)
-                    elif rb == 4:
-                        score_rows[4](q_row + r, r, h)
-                    elif rb == 3:
-                        score_rows[3](q_row + r, r, h)
-                    elif rb == 2:
-                        score_rows[2](q_row + r, r, h)
-                    else:
-                        score_rows[1](q_row + r, r, h)
-                    r += rb
+                for a0 in range(0, padded, TILE):  # the scores, a tile of keys at a time (in L1)
+                    r = 0
+                    while r < rows:  # for every micro-block
+                        var rb = min(MICRO, rows - r)
+                        if rb == 6:
+                            score_rows[6](q_row + r, r, h, a0)
+                        elif rb == 5:
+                            score_rows[5](q_row + r, r, h, a0)
+                        elif rb == 4:
+                            score_rows[4](q_row + r, r, h, a0)
+                        elif rb == 3:
+                            score_rows[3](q_row + r, r, h, a0)
+                        elif rb == 2:
+                            score_rows[2](q_row + r, r, h, a0)
+                        else:
+                            score_rows[1](q_row + r, r, h, a0)
+                        r += rb
                 # softmax numerators in place, the denominators aside
                 for i in range(rows):
                     var row = scores.unsafe_offset(i * padded)
@@ -180,6 +191,7 @@ struct EncoderAttention:
                     var dst = op.unsafe_offset((q_row + i) * d_model + h * HD)
                     dst.unsafe_store[width=HD](0, sums.unsafe_load[width=HD](i * HD) * inverse)
             kt.free()
+            vp.free()
             scores.free()
             totals.free()
             sums.free()
