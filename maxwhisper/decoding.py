@@ -575,7 +575,7 @@ def _sample(model: WhisperEngine, features, cache, setup: DecodingSetup, selecto
             if guessing:
                 text = text_setting if costs is None else costs.text_guess_pays()
                 guess = _guess(setup, tokens, model.dims.n_text_ctx, timestamps, text)
-            started = time.perf_counter()
+            started = time.perf_counter() if costs is not None else 0.0  # the rule's timings
             if guess is None:
                 logits = model.decode_step(tokens[:, -1:], features, cache, positions=[-1])[:, -1]
             else:

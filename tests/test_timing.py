@@ -73,7 +73,7 @@ def _words(result: dict) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
-def test_words_and_times_equal_openai_on_every_clip(name, short_clips):
+def test_words_and_times_equal_openai(name, short_clips):
     """Same words as openai-whisper's word_timestamps=True on every clip (base: a sample, see
     CLIPS_PER_SUBSET), every start and end within 0.02 s; the worst difference per clip, and
     the mean difference to faster-whisper's word times, are printed and written to build/."""
