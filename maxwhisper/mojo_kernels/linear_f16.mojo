@@ -29,12 +29,17 @@ from max.gpu.host import DeviceContext
 from std.math import erf
 from std.sys.info import num_physical_cores
 
-from .registers import block_columns
+from .registers import LANES, block_columns
 
 
 comptime PANEL = 64  # output columns per panel: 4 AVX-512 vectors of float32
 comptime REG_ROWS = 6  # rows of a full block (a prefill's prompt rows)
-comptime SERIAL_BYTES = 2 * 1024 * 1024  # work below this runs on one core (see run_linear)
+# Work below this runs on one core (see run_linear). 2 MB was chosen on the AVX-512 machine,
+# where one core streams a decoding step's small projections at 25 GB/s. With AVX2 (a Zen 3:
+# one core ~10 GB/s, a multi-row block ~50 GFLOP/s) sharing even the smallest of tiny's
+# projections paid: a five-beam step 14.7 -> 13.8 ms median, a two-token step 8.9 -> 8.3, a
+# one-token step unchanged (6.7 / 6.6; seven alternated pairs of processes).
+comptime SERIAL_BYTES = 2 * 1024 * 1024 if LANES >= 16 else 256 * 1024
 
 
 @extensibility.register("maxwhisper_linear_f16")
