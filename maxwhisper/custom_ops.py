@@ -1,8 +1,9 @@
 """maxwhisper's own Mojo kernels (`mojo_kernels/`), as MAX Graph ops.
 
-- `linear_f16`: the decoder's projections and its output projection, x @ W + b (optionally
-  with GELU), over float16 weights packed in 64-column panels (`mojo_kernels/linear_f16.mojo`
-  says why); `pack_panels` makes that layout from a (K, N) matrix.
+- `linear_f16`: the projections (the decoder's, its output projection, the encoder's), x @ W + b
+  (optionally with GELU), over float16 weights packed in 64-column panels
+  (`mojo_kernels/linear_f16.mojo` says why); `pack_panels` makes that layout from a (K, N)
+  matrix. `conv3_gelu_f16`: the encoder's conv stem by the same kernel's blocked product.
 - `cross_attention`: the decoder's attention to the audio window, read once for all query
   rows (`mojo_kernels/cross_attention.mojo`).
 - `self_attention`: the decoder's attention over the filled slots of its preallocated cache
@@ -31,6 +32,7 @@ from .settings import cache_dir
 
 KERNEL_SOURCES = Path(__file__).resolve().parent / "mojo_kernels"
 LINEAR_F16 = "maxwhisper_linear_f16"
+CONV3_GELU_F16 = "maxwhisper_conv3_gelu_f16"
 CROSS_ATTENTION = "maxwhisper_cross_attention"
 SELF_ATTENTION = "maxwhisper_self_attention"
 ENCODER_ATTENTION = "maxwhisper_encoder_attention"
@@ -130,6 +132,27 @@ def linear_f16(x: TensorValue, panels: TensorValue, bias: TensorValue, n: int,
     (y,) = ops.custom(name, x.device, [rows, panels, bias], [out_type])
     y = y.tensor if width == n else y.tensor[:, :n]
     return ops.reshape(y, [*lead, n])
+
+
+def conv_matrix(filters: np.ndarray) -> np.ndarray:
+    """A PyTorch conv1d filter (C_out, C_in, 3) as the (3 C_in, C_out) matrix whose row
+    tap * C_in + c multiplies input channel c at offset tap - 1 (`conv3_gelu_f16`'s rows)."""
+    c_out, c_in, taps = filters.shape
+    return filters.transpose(2, 1, 0).reshape(taps * c_in, c_out)
+
+
+def conv3_gelu_f16(x: TensorValue, panels: TensorValue, bias: TensorValue, n: int,
+                   stride: int) -> TensorValue:
+    """GELU(conv1d(x)), kernel 3, padding 1, `stride`, channels last: x (B, L, C) float32 ->
+    (B, (L - 1) // stride + 1, n), the filter as `pack_panels(conv_matrix(filters))` (CPU
+    kernel; no im2col copy: the kernel reads each output position's three input rows in place)."""
+    batch, length, _ = x.shape
+    width = int(panels.shape[0]) * PANEL
+    out_type = TensorType(DType.float32, [batch, (length - 1) // stride + 1, width],
+                          device=x.device)
+    (y,) = ops.custom(CONV3_GELU_F16, x.device, [x, panels, bias], [out_type],
+                      parameters={"stride": stride})
+    return y.tensor if width == n else y.tensor[:, :, :n]
 
 
 def cross_attention(q: TensorValue, keys_t: TensorValue, values: TensorValue

@@ -93,11 +93,16 @@ class Params:
     def _bias(self, name: str, size: int) -> np.ndarray:
         return self.weights.tensors.get(f"{name}.bias", np.zeros(size, np.float32))
 
+    def _projection_kernel(self) -> bool:
+        """Whether this graph's projections run on the float16-weight kernel: the decoder's
+        ("linear") or the encoder's ("encoder_linear"), in a float32 part of the graph."""
+        return bool(self.kernels & {"linear", "encoder_linear"}) and self.dtype == DType.float32
+
     def linear(self, x: TensorValue, name: str, gelu: bool = False) -> TensorValue:
         """openai-whisper's `Linear`: x @ W.T + b (no bias for attention keys), then GELU if
         asked (the MLP's up-projection)."""
-        if "linear" in self.kernels:
-            return self._kernel_linear(x, [name], gelu)[0]
+        if self._projection_kernel():
+            return self._kernel_projection(x, [name], gelu)
         y = x @ self.transposed(f"{name}.weight")
         if f"{name}.bias" in self.weights.tensors:
             y = y + self.tensor(f"{name}.bias")
@@ -106,13 +111,13 @@ class Params:
     def fused_linear(self, x: TensorValue, names: list[str]) -> list[TensorValue]:
         """Several projections of the same input as one matmul (one read of x, one call),
         split afterwards; missing biases (the key's) are zeros. Same dot products, same values."""
-        if "linear" in self.kernels:
-            return self._kernel_linear(x, names)
         sizes = [self.weights.tensors[f"{n}.weight"].shape[0] for n in names]
         return list(ops.split(self.joined_projection(x, names), sizes, axis=-1))
 
     def joined_projection(self, x: TensorValue, names: list[str]) -> TensorValue:
         """`fused_linear`'s one matmul, its outputs side by side (..., sum of outs)."""
+        if self._projection_kernel():
+            return self._kernel_projection(x, names)
         joined = "+".join(names)
         weight = self.derived(f"{joined}.weight.T", lambda: self._joined_kn(names))
         bias = self.derived(f"{joined}.bias", lambda: self._joined_bias(names))
@@ -126,22 +131,30 @@ class Params:
         t = self.weights.tensors
         return np.concatenate([self._bias(n, t[f"{n}.weight"].shape[0]) for n in names])
 
-    def _kernel_linear(self, x: TensorValue, names: list[str], gelu: bool = False
-                       ) -> list[TensorValue]:
-        """`fused_linear` by maxwhisper's float16 Mojo kernel (weights packed in panels)."""
-        sizes = [self.weights.tensors[f"{n}.weight"].shape[0] for n in names]
+    def _kernel_projection(self, x: TensorValue, names: list[str], gelu: bool = False
+                           ) -> TensorValue:
+        """`joined_projection` by maxwhisper's float16 Mojo kernel (weights packed in panels)."""
         joined = "+".join(names)
         panels = self.derived(f"{joined}.weight.panels",
                               lambda: custom_ops.pack_panels(self._joined_kn(names)), DType.float16)
         bias = self.derived(f"{joined}.bias.padded",
                             lambda: custom_ops.pad_bias(self._joined_bias(names)))
-        y = custom_ops.linear_f16(x, panels, bias, sum(sizes), gelu)
-        return list(ops.split(y, sizes, axis=-1)) if len(sizes) > 1 else [y]
+        n = sum(self.weights.tensors[f"{name}.weight"].shape[0] for name in names)
+        return custom_ops.linear_f16(x, panels, bias, n, gelu)
+
+    def conv_gelu(self, x_nlc: TensorValue, name: str, stride: int) -> TensorValue:
+        """GELU(conv1d(x)), kernel 3, padding 1, on (B, L, C) by the float16-weight kernel."""
+        panels = self.derived(f"{name}.weight.panels", lambda: custom_ops.pack_panels(
+            custom_ops.conv_matrix(self.weights.tensors[f"{name}.weight"])), DType.float16)
+        bias = self.derived(f"{name}.bias.padded",
+                            lambda: custom_ops.pad_bias(self.weights.tensors[f"{name}.bias"]))
+        n = self.weights.tensors[f"{name}.weight"].shape[0]
+        return custom_ops.conv3_gelu_f16(x_nlc, panels, bias, n, stride)
 
     def vocabulary_logits(self, h: TensorValue) -> TensorValue:
         """h (..., d) @ token_embedding^T: the logits (..., n_vocab)."""
         if "vocab" in self.kernels:  # the embedding is a bias-free projection to the kernel
-            return self._kernel_linear(h, ["decoder.token_embedding"])[0]
+            return self._kernel_projection(h, ["decoder.token_embedding"])
         # (d, V): a plain row-major `x @ W` (measured faster in MAX than `x @ W.T`)
         return h @ self.transposed("decoder.token_embedding.weight")
 
@@ -185,6 +198,8 @@ def conv1d(x_nlc: TensorValue, p: Params, name: str, stride: int) -> TensorValue
 def conv_stem(mel: TensorValue, p: Params) -> TensorValue:
     """(B, n_mels, 2A) log-mel -> (B, A, d): conv, GELU, stride-2 conv, GELU."""
     x = ops.permute(mel, [0, 2, 1])  # (B, 2A, n_mels)
+    if "encoder_linear" in p.kernels and p.dtype == DType.float32:
+        return p.conv_gelu(p.conv_gelu(x, "encoder.conv1", 1), "encoder.conv2", 2)
     x = ops.gelu(conv1d(x, p, "encoder.conv1", stride=1))
     return ops.gelu(conv1d(x, p, "encoder.conv2", stride=2))
 

@@ -41,7 +41,8 @@ from .settings import (
 from .weights import ModelDimensions, WhisperWeights
 
 DTYPES = {"float32": DType.float32, "float16": DType.float16}
-ENCODER_KERNELS = frozenset({"encoder_attention"})  # the rest of `default_kernels` are the decoder's
+# the encoder graph's kernels; the rest of `default_kernels` are the decoder's
+ENCODER_KERNELS = frozenset({"encoder_attention", "encoder_linear"})
 GRAPH_BUILDERS = {
     "encoder": graph_model.build_encoder_graph,
     "decoder": graph_model.build_decoder_graph,
@@ -141,8 +142,17 @@ def default_kernels(weights: WhisperWeights, device: str, dtype: str) -> frozens
         "cross_attention": head_width == 64,
         "self_attention": head_width == 64,
         "encoder_attention": weights.dims.n_audio_state // weights.dims.n_audio_head == 64,
+        "encoder_linear": all(custom_ops.fits_float16(array) for name, array in tensors.items()
+                              if _encoder_graph_matrix(name, array)),
     }
     return frozenset(name for name, ok in applies.items() if ok and kernel_allowed(name))
+
+
+def _encoder_graph_matrix(name: str, array: np.ndarray) -> bool:
+    """A weight matrix or conv filter the encoder graph multiplies by (the cross-attention K/V
+    projections are the decoder's but run there)."""
+    return array.ndim >= 2 and name.endswith(".weight") and (
+        name.startswith("encoder.") or ".cross_attn.key." in name or ".cross_attn.value." in name)
 
 
 def graph_digest(graph) -> str:

@@ -44,6 +44,8 @@ KERNEL_SWITCHES = {
     "cross_attention": "MAXWHISPER_CROSS_ATTENTION_KERNEL",  # the attention to the audio
     "self_attention": "MAXWHISPER_SELF_ATTENTION_KERNEL",  # the attention over the cache
     "encoder_attention": "MAXWHISPER_ENCODER_ATTENTION_KERNEL",  # the encoder's attention
+    # the encoder's projections, its conv stem and the cross-attention K/V
+    "encoder_linear": "MAXWHISPER_ENCODER_LINEAR_KERNEL",
 }
 
 
@@ -51,8 +53,9 @@ def kernel_allowed(kernel: str) -> bool:
     """Each of maxwhisper's Mojo kernels can be turned off for A/B runs: `MAXWHISPER_VOCAB_KERNEL=0`
     (the output projection), `MAXWHISPER_LINEAR_KERNEL=0` (the layers' projections),
     `MAXWHISPER_CROSS_ATTENTION_KERNEL=0` and `MAXWHISPER_SELF_ATTENTION_KERNEL=0` (the
-    decoder's two attentions) and `MAXWHISPER_ENCODER_ATTENTION_KERNEL=0` (the encoder's) fall
-    back to MAX's own ops."""
+    decoder's two attentions), `MAXWHISPER_ENCODER_ATTENTION_KERNEL=0` (the encoder's) and
+    `MAXWHISPER_ENCODER_LINEAR_KERNEL=0` (the encoder's projections and conv stem) fall back to
+    MAX's own ops."""
     return os.environ.get(KERNEL_SWITCHES[kernel], "1") != "0"
 
 

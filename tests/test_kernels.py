@@ -70,6 +70,59 @@ def test_linear_f16_rows_are_the_same_bits_in_every_block():
         assert np.array_equal(some, six[:, :rows]), rows
 
 
+def test_linear_f16_blocked_path_is_the_same_bits_as_the_row_blocks():
+    """From `GEMM_ROWS` rows on (the encoder's 1500), the kernel packs blocks of rows and
+    carries its sums between k blocks (`gemm`): every row's outputs are still the same bits as
+    the row alone, for a ragged row count and a k split over several blocks."""
+    k, n = 1536, 200
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1, 301, k)).astype(np.float32)
+    w = custom_ops.pack_panels((rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float16))
+    bias = custom_ops.pad_bias(rng.standard_normal(n).astype(np.float32))
+    piece = linear_piece(k, n, True)
+    (blocked,) = piece(x, w, bias)
+    for row in (0, 5, 150, 299, 300):
+        (alone,) = piece(x[:, row:row + 1], w, bias)
+        assert np.array_equal(alone[0, 0], blocked[0, row]), row
+
+
+@functools.cache
+def conv_piece(c_in: int, c_out: int, stride: int):
+    """The conv stem's kernel: GELU(conv1d(x)), kernel 3, padding 1, channels last."""
+    panels = -(-c_out // custom_ops.PANEL)
+
+    def body(x, packed, bias, _params):
+        return custom_ops.conv3_gelu_f16(x, packed, bias, c_out, stride)
+
+    types = [(DType.float32, ["batch", "length", c_in]), (DType.float16, [panels, 3 * c_in, 64]),
+             (DType.float32, [panels * 64])]
+    return compile_piece(f"conv3_gelu_f16_{c_in}_{c_out}_{stride}", types, body,
+                         load_weights("tiny.en"), "cpu", kernels=True)
+
+
+@pytest.mark.parametrize("batch,length,c_in,c_out,stride", [
+    (2, 301, 80, 70, 1),  # conv1's shape, two windows, ragged panels
+    (2, 300, 40, 64, 2),  # conv2's stride, an even length (the last tap falls outside)
+    (1, 301, 40, 64, 2),  # an odd length
+    (1, 1, 16, 64, 1),  # a single position: both outer taps in the padding
+])
+def test_conv3_gelu_f16_equals_numpy(batch, length, c_in, c_out, stride):
+    rng = np.random.default_rng(length + c_in)
+    x = rng.standard_normal((batch, length, c_in)).astype(np.float32)
+    filters = (rng.standard_normal((c_out, c_in, 3)) / np.sqrt(3 * c_in)).astype(np.float16)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    packed = custom_ops.pack_panels(custom_ops.conv_matrix(filters))
+    (y,) = conv_piece(c_in, c_out, stride)(x, packed, custom_ops.pad_bias(bias))
+    padded = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (0, 0)))
+    out_length = (length - 1) // stride + 1
+    exact = np.zeros((batch, out_length, c_out)) + bias
+    for tap in range(3):  # output position r reads input positions r * stride - 1 + tap
+        exact += padded[:, tap:tap + stride * out_length:stride] @ filters[:, :, tap].T.astype(
+            np.float64)
+    assert y.shape == (batch, out_length, c_out)
+    assert np.abs(y - _gelu(exact)).max() < 1e-5
+
+
 def test_pack_panels_layout():
     w = np.arange(3 * 70, dtype=np.float16).reshape(3, 70)
     panels = custom_ops.pack_panels(w)
@@ -198,7 +251,7 @@ def test_released_weights_use_every_kernel_on_cpu():
     model = max_model("tiny.en")
     assert model.device == "cpu"
     assert model.kernels == {"vocab", "linear", "cross_attention", "self_attention",
-                             "encoder_attention"}
+                             "encoder_attention", "encoder_linear"}
 
 
 def short_clip_windows(speech_clips, count: int = 3) -> np.ndarray:

@@ -114,7 +114,8 @@ def test_kernels_apply_to_released_weights_on_the_cpu_in_float32(monkeypatch, ti
                                                                     base_weights):
     for name in KERNEL_SWITCHES.values():
         monkeypatch.delenv(name, raising=False)
-    every = {"vocab", "linear", "cross_attention", "self_attention", "encoder_attention"}
+    every = {"vocab", "linear", "cross_attention", "self_attention", "encoder_attention",
+             "encoder_linear"}
     assert default_kernels(tiny_weights, "cpu", "float32") == every
     assert default_kernels(base_weights, "cpu", "float32") == every
     assert default_kernels(tiny_weights, "gpu", "float32") == frozenset()
@@ -124,13 +125,18 @@ def test_kernels_apply_to_released_weights_on_the_cpu_in_float32(monkeypatch, ti
 
 
 def test_float16_kernels_only_for_weights_that_are_float16_values(tiny_weights):
-    """A checkpoint whose decoder weights are not exactly float16 (fine-tuned in float32, say)
-    keeps MAX's float32 matmuls, so no weight value is ever rounded."""
+    """A checkpoint whose decoder (or encoder) weights are not exactly float16 (fine-tuned in
+    float32, say) keeps MAX's float32 matmuls there, so no weight value is ever rounded."""
     name = "decoder.blocks.0.mlp.0.weight"
     nudged = tiny_weights.tensors[name].astype(np.float32) + np.float32(1e-4)
     changed = replace(tiny_weights, tensors={**tiny_weights.tensors, name: nudged})
     kernels = default_kernels(changed, "cpu", "float32")
-    assert "linear" not in kernels and "vocab" in kernels
+    assert "linear" not in kernels and "vocab" in kernels and "encoder_linear" in kernels
+    name = "encoder.conv2.weight"  # the same for the encoder's filters and matrices
+    nudged = tiny_weights.tensors[name].astype(np.float32) + np.float32(1e-4)
+    changed = replace(tiny_weights, tensors={**tiny_weights.tensors, name: nudged})
+    kernels = default_kernels(changed, "cpu", "float32")
+    assert "encoder_linear" not in kernels and "linear" in kernels
 
 
 def _filled_cache(tiny_weights, rows: int, length: int, rng) -> KVCache:
