@@ -54,15 +54,20 @@ def test_linear_f16_equals_a_float32_product(batch, rows, k, n, gelu):
     assert np.abs(y - exact).max() < 1e-5  # float32 sums of products of size ~1
 
 
+def _packed_case(rows: int, k: int, n: int, seed: int):
+    """x (1, rows, k), packed float16 weights (k, n) and a padded bias, random."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((1, rows, k)).astype(np.float32)
+    w = custom_ops.pack_panels((rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float16))
+    return x, w, custom_ops.pad_bias(rng.standard_normal(n).astype(np.float32))
+
+
 def test_linear_f16_rows_are_the_same_bits_in_every_block():
     """A row's outputs do not depend on the register block it is computed in (one row over a
     whole panel; two to five rows, and six, in blocks the target's registers fit, some in
     narrower column passes on AVX2): every sum runs over k in the same order."""
     k, n = 384, 1152
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((1, 6, k)).astype(np.float32)
-    w = custom_ops.pack_panels((rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float16))
-    bias = custom_ops.pad_bias(rng.standard_normal(n).astype(np.float32))
+    x, w, bias = _packed_case(6, k, n, seed=7)
     piece = linear_piece(k, n, False)
     (six,) = piece(x, w, bias)
     for rows in (1, 2, 3, 4, 5):
@@ -75,10 +80,7 @@ def test_linear_f16_blocked_path_is_the_same_bits_as_the_row_blocks():
     carries its sums between k blocks (`gemm`): every row's outputs are still the same bits as
     the row alone, for a ragged row count and a k split over several blocks."""
     k, n = 1536, 200
-    rng = np.random.default_rng(11)
-    x = rng.standard_normal((1, 301, k)).astype(np.float32)
-    w = custom_ops.pack_panels((rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float16))
-    bias = custom_ops.pad_bias(rng.standard_normal(n).astype(np.float32))
+    x, w, bias = _packed_case(301, k, n, seed=11)
     piece = linear_piece(k, n, True)
     (blocked,) = piece(x, w, bias)
     for row in (0, 5, 150, 299, 300):
