@@ -50,10 +50,12 @@ class Params:
     weights: WhisperWeights
     device: DeviceRef
     dtype: DType = DType.float32
-    # which of maxwhisper's Mojo kernels (`runtime.default_kernels` picks them) the decoder uses:
-    # "vocab" the output projection and "linear" the layers' projections over float16 weights,
-    # "cross_attention" the attention to the audio window, "self_attention" the attention over
-    # the filled cache slots (CPU, float32 graph)
+    # which of maxwhisper's Mojo kernels (`runtime.default_kernels` picks them) this graph uses:
+    # the decoder's "vocab" (the output projection) and "linear" (the layers' projections) over
+    # float16 weights, "cross_attention" (the attention to the audio window), "self_attention"
+    # (the attention over the filled cache slots); the encoder's "encoder_attention" and
+    # "encoder_linear" (its projections, conv stem and cross K/V over float16 weights). CPU,
+    # float32 parts of a graph only
     kernels: frozenset[str] = frozenset()
     # the encoder's stem and first `float64_blocks` blocks compute in float64 (see `encoder`)
     float64_blocks: int = 0
