@@ -33,6 +33,7 @@ from .settings import cache_dir
 KERNEL_SOURCES = Path(__file__).resolve().parent / "mojo_kernels"
 LINEAR_F16 = "maxwhisper_linear_f16"
 CONV3_GELU_F16 = "maxwhisper_conv3_gelu_f16"
+CROSS_KV_F16 = "maxwhisper_cross_kv_f16"
 CROSS_ATTENTION = "maxwhisper_cross_attention"
 SELF_ATTENTION = "maxwhisper_self_attention"
 ENCODER_ATTENTION = "maxwhisper_encoder_attention"
@@ -153,6 +154,24 @@ def conv3_gelu_f16(x: TensorValue, panels: TensorValue, bias: TensorValue, n: in
     (y,) = ops.custom(CONV3_GELU_F16, x.device, [x, panels, bias], [out_type],
                       parameters={"stride": stride})
     return y.tensor if width == n else y.tensor[:, :, :n]
+
+
+def cross_kv_f16(audio: TensorValue, panels: TensorValue, bias: TensorValue, layers: int,
+                 heads: int) -> tuple[TensorValue, TensorValue]:
+    """Every decoder layer's cross-attention keys^T (L, B, H, hd, A) and values (L, B, H, A, hd)
+    of audio features (B, A, d) float32 (CPU kernel): one product with the layers' key and value
+    matrices side by side ((d, 2 L H hd), layer by layer, keys first, packed by `pack_panels`),
+    written straight into those layouts (no split, transpose or stack after it)."""
+    batch, positions, _ = audio.shape
+    width = int(panels.shape[0]) * PANEL
+    head_width = width // (2 * layers * heads)
+    out_types = [
+        TensorType(DType.float32, [layers, batch, heads, head_width, positions],
+                   device=audio.device),
+        TensorType(DType.float32, [layers, batch, heads, positions, head_width],
+                   device=audio.device)]
+    keys_t, values = ops.custom(CROSS_KV_F16, audio.device, [audio, panels, bias], out_types)
+    return keys_t.tensor, values.tensor
 
 
 def cross_attention(q: TensorValue, keys_t: TensorValue, values: TensorValue

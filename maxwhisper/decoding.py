@@ -166,8 +166,23 @@ class ApplyTimestampRules:
         # float64, no less exact than float32 log-probabilities), without a softmax over the
         # whole vocabulary each step; all rows at once (each row's sum the same bits as the
         # row's alone, tested).
-        forced = logsumexp_rows(logits[:, begin:].astype(np.float64)) > logits[:, :begin].max(1)
-        logits[forced, :begin] = -np.inf
+        logits[timestamp_forced(logits[:, begin:], logits[:, :begin].max(1)), :begin] = -np.inf
+
+
+def timestamp_forced(timestamp_logits: np.ndarray, best_text: np.ndarray) -> np.ndarray:
+    """Rows whose timestamps' logsumexp (float64) beats their best text logit. The sum lies
+    between the row's largest timestamp logit and that plus log(number of timestamps), so
+    most rows are decided by those bounds alone; the float64 sum runs only for rows the
+    bounds leave open, and decides them as it always did."""
+    top = timestamp_logits.max(axis=1).astype(np.float64)
+    best = best_text.astype(np.float64)
+    forced = top > best  # the sum is at least its largest term
+    # ... and at most log(n) more (a margin for the float64 sum's own rounding)
+    open_rows = ~forced & (top + np.log(timestamp_logits.shape[1]) + 1e-6 > best)
+    if open_rows.any():
+        totals = logsumexp_rows(timestamp_logits[open_rows].astype(np.float64))
+        forced[open_rows] = totals > best[open_rows]
+    return forced
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,31 +265,41 @@ class BeamSearchDecoder:
 
     def update(self, tokens, logits, sum_logprobs, cache) -> tuple[np.ndarray, bool]:
         logprobs = log_softmax(logits)
-        scores: dict[tuple[int, ...], float] = {}
-        sources: dict[tuple[int, ...], int] = {}
         tops = _top_k_rows(logprobs, self.beam_size + 1)
-        for j in range(self.beam_size):
-            prefix = tokens[j].tolist()
-            for token in tops[j]:
-                sequence = tuple(prefix + [int(token)])
-                scores[sequence] = float(np.float32(sum_logprobs[j] + logprobs[j, token]))
-                sources[sequence] = j
-        next_tokens, source_rows, newly_finished = [], [], {}
-        for sequence in sorted(scores, key=scores.get, reverse=True):
-            if sequence[-1] == self.eot:
-                newly_finished[sequence] = scores[sequence]
+        rows = np.arange(self.beam_size)[:, None]
+        totals = (sum_logprobs[:, None] + logprobs[rows, tops]).tolist()  # float32 sums
+        # Whisper keys each candidate by its whole sequence, so that beams which are copies of
+        # each other (all of them at the first step) yield each extension once, scored and
+        # sourced by the last beam that made it. Equal prefixes are found once a beam (one
+        # hash of the prefix) and a candidate is (prefix, token): the same keys, in the same
+        # insertion order, without building a tuple of the whole sequence per candidate.
+        prefixes: dict[tuple[int, ...], int] = {}
+        scores: dict[tuple[int, int], float] = {}
+        sources: dict[tuple[int, int], int] = {}
+        for j, (row_tops, row_totals) in enumerate(zip(tops.tolist(), totals, strict=True)):
+            prefix = prefixes.setdefault(tuple(tokens[j].tolist()), j)
+            for token, total in zip(row_tops, row_totals, strict=True):
+                scores[prefix, token] = total
+                sources[prefix, token] = j
+        kept, newly_finished = [], {}
+        for candidate in sorted(scores, key=scores.get, reverse=True):
+            if candidate[1] == self.eot:
+                newly_finished[candidate] = scores[candidate]
             else:
-                sum_logprobs[len(next_tokens)] = scores[sequence]
-                next_tokens.append(sequence)
-                source_rows.append(sources[sequence])
-                if len(next_tokens) == self.beam_size:
+                sum_logprobs[len(kept)] = scores[candidate]
+                kept.append(candidate)
+                if len(kept) == self.beam_size:
                     break
-        cache.reorder(np.array(source_rows))
-        for sequence in sorted(newly_finished, key=newly_finished.get, reverse=True):
+        source_rows = np.array([sources[candidate] for candidate in kept])
+        cache.reorder(source_rows)
+        for candidate in sorted(newly_finished, key=newly_finished.get, reverse=True):
             if len(self.finished) >= self.max_candidates:
                 break
-            self.finished[sequence] = newly_finished[sequence]
-        return np.array(next_tokens), len(self.finished) >= self.max_candidates
+            prefix, token = candidate
+            self.finished[tuple(tokens[prefix].tolist()) + (token,)] = newly_finished[candidate]
+        next_tokens = np.array([token for _, token in kept], dtype=tokens.dtype)
+        return np.concatenate([tokens[source_rows], next_tokens[:, None]], axis=1), \
+            len(self.finished) >= self.max_candidates
 
     def finalize(self, tokens, sum_logprobs) -> tuple[list[list[np.ndarray]], list[list[float]]]:
         if len(self.finished) < self.beam_size:  # not enough finished: add the live beams

@@ -95,7 +95,7 @@ class Params:
     def _bias(self, name: str, size: int) -> np.ndarray:
         return self.weights.tensors.get(f"{name}.bias", np.zeros(size, np.float32))
 
-    def _projection_kernel(self) -> bool:
+    def projections_on_kernel(self) -> bool:
         """Whether this graph's projections run on the float16-weight kernel: the decoder's
         ("linear") or the encoder's ("encoder_linear"), in a float32 part of the graph."""
         return bool(self.kernels & {"linear", "encoder_linear"}) and self.dtype == DType.float32
@@ -103,7 +103,7 @@ class Params:
     def linear(self, x: TensorValue, name: str, gelu: bool = False) -> TensorValue:
         """openai-whisper's `Linear`: x @ W.T + b (no bias for attention keys), then GELU if
         asked (the MLP's up-projection)."""
-        if self._projection_kernel():
+        if self.projections_on_kernel():
             return self._kernel_projection(x, [name], gelu)
         y = x @ self.transposed(f"{name}.weight")
         if f"{name}.bias" in self.weights.tensors:
@@ -118,7 +118,7 @@ class Params:
 
     def joined_projection(self, x: TensorValue, names: list[str]) -> TensorValue:
         """`fused_linear`'s one matmul, its outputs side by side (..., sum of outs)."""
-        if self._projection_kernel():
+        if self.projections_on_kernel():
             return self._kernel_projection(x, names)
         joined = "+".join(names)
         weight = self.derived(f"{joined}.weight.T", lambda: self._joined_kn(names))
@@ -136,22 +136,34 @@ class Params:
     def _kernel_projection(self, x: TensorValue, names: list[str], gelu: bool = False
                            ) -> TensorValue:
         """`joined_projection` by maxwhisper's float16 Mojo kernel (weights packed in panels)."""
+        panels, bias = self._packed(names)
+        n = sum(self.weights.tensors[f"{name}.weight"].shape[0] for name in names)
+        return custom_ops.linear_f16(x, panels, bias, n, gelu)
+
+    def _packed(self, names: list[str]) -> tuple[TensorValue, TensorValue]:
+        """The kernel's operands for projections `names` side by side: the float16 panels and
+        the padded bias (the same constants under the same names, whichever op reads them)."""
         joined = "+".join(names)
         panels = self.derived(f"{joined}.weight.panels",
                               lambda: custom_ops.pack_panels(self._joined_kn(names)), DType.float16)
         bias = self.derived(f"{joined}.bias.padded",
                             lambda: custom_ops.pad_bias(self._joined_bias(names)))
-        n = sum(self.weights.tensors[f"{name}.weight"].shape[0] for name in names)
-        return custom_ops.linear_f16(x, panels, bias, n, gelu)
+        return panels, bias
+
+    def cross_kv_on_kernel(self, audio: TensorValue, names: list[str], dims: ModelDimensions
+                           ) -> tuple[TensorValue, TensorValue]:
+        """`cross_kv` by the float16 kernel: `names` (each layer's key, then value) as one
+        packed matrix, the sums written as keys^T (L, B, H, hd, A) and values (L, B, H, A, hd)."""
+        panels, bias = self._packed(names)
+        return custom_ops.cross_kv_f16(audio, panels, bias, dims.n_text_layer, dims.n_text_head)
 
     def conv_gelu(self, x_nlc: TensorValue, name: str, stride: int) -> TensorValue:
         """GELU(conv1d(x)), kernel 3, padding 1, on (B, L, C) by the float16-weight kernel."""
+        filter_, bias = self.weights.tensors[f"{name}.weight"], self.weights.tensors[f"{name}.bias"]
         panels = self.derived(f"{name}.weight.panels", lambda: custom_ops.pack_panels(
-            custom_ops.conv_matrix(self.weights.tensors[f"{name}.weight"])), DType.float16)
-        bias = self.derived(f"{name}.bias.padded",
-                            lambda: custom_ops.pad_bias(self.weights.tensors[f"{name}.bias"]))
-        n = self.weights.tensors[f"{name}.weight"].shape[0]
-        return custom_ops.conv3_gelu_f16(x_nlc, panels, bias, n, stride)
+            custom_ops.conv_matrix(filter_)), DType.float16)
+        padded = self.derived(f"{name}.bias.padded", lambda: custom_ops.pad_bias(bias))
+        return custom_ops.conv3_gelu_f16(x_nlc, panels, padded, filter_.shape[0], stride)
 
     def vocabulary_logits(self, h: TensorValue) -> TensorValue:
         """h (..., d) @ token_embedding^T: the logits (..., n_vocab)."""
@@ -200,7 +212,7 @@ def conv1d(x_nlc: TensorValue, p: Params, name: str, stride: int) -> TensorValue
 def conv_stem(mel: TensorValue, p: Params) -> TensorValue:
     """(B, n_mels, 2A) log-mel -> (B, A, d): conv, GELU, stride-2 conv, GELU."""
     x = ops.permute(mel, [0, 2, 1])  # (B, 2A, n_mels)
-    if "encoder_linear" in p.kernels and p.dtype == DType.float32:
+    if p.projections_on_kernel():  # (an encoder graph's only projection kernel: "encoder_linear")
         return p.conv_gelu(p.conv_gelu(x, "encoder.conv1", 1), "encoder.conv2", 2)
     x = ops.gelu(conv1d(x, p, "encoder.conv1", stride=1))
     return ops.gelu(conv1d(x, p, "encoder.conv2", stride=2))
@@ -304,8 +316,16 @@ def cross_kv(audio: TensorValue, p: Params, dims: ModelDimensions) -> tuple[Tens
     """
     names = [f"decoder.blocks.{i}.cross_attn.{kv}" for i in range(dims.n_text_layer)
              for kv in ("key", "value")]
-    projections = p.fused_linear(audio, names)
-    heads = [split_heads(t, dims.n_text_head) for t in projections]
+    if p.projections_on_kernel():  # the same sums, written in these layouts by the kernel
+        return p.cross_kv_on_kernel(audio, names, dims)
+    return cross_kv_layouts(p.fused_linear(audio, names), dims.n_text_head)
+
+
+def cross_kv_layouts(projections: list[TensorValue], n_head: int
+                     ) -> tuple[TensorValue, TensorValue]:
+    """The 2L projections (B, A, d), each layer's key then value, as keys^T (L, B, H, hd, A)
+    and values (L, B, H, A, hd)."""
+    heads = [split_heads(t, n_head) for t in projections]
     keys = [ops.permute(k, [0, 1, 3, 2]) for k in heads[0::2]]
     return ops.stack(keys, axis=0), ops.stack(heads[1::2], axis=0)
 

@@ -125,6 +125,38 @@ def test_conv3_gelu_f16_equals_numpy(batch, length, c_in, c_out, stride):
     assert np.abs(y - _gelu(exact)).max() < 1e-5
 
 
+@pytest.mark.parametrize("windows,positions", [(1, 301), (2, 37)])
+def test_cross_kv_f16_writes_the_same_bits_as_the_split_and_transposes(windows, positions):
+    """The kernel's keys^T and values equal the (B, A, 2 L d) product split into heads,
+    transposed and stacked by MAX's ops: the same sums in other places. 301 rows take the
+    blocked path in both; 74 take it in the kernel and the row blocks in the product."""
+    from maxwhisper import model
+
+    weights = load_weights("tiny.en")
+    dims = weights.dims
+
+    def body(audio, params):
+        params.kernels = frozenset({"encoder_linear"})
+        names = [f"decoder.blocks.{i}.cross_attn.{kv}" for i in range(dims.n_text_layer)
+                 for kv in ("key", "value")]
+        split = model.cross_kv_layouts(params.fused_linear(audio, names), dims.n_text_head)
+        return (*model.cross_kv(audio, params, dims), *split)
+
+    piece = compile_piece("cross_kv_f16", [(DType.float32, ["batch", "positions", 384])], body,
+                          weights, "cpu", kernels=True)
+    audio = np.random.default_rng(positions).standard_normal((windows, positions, 384))
+    keys_t, values, split_keys_t, split_values = piece(audio.astype(np.float32))
+    assert keys_t.shape == (4, windows, 6, 64, positions) and values.shape == (
+        4, windows, 6, positions, 64)
+    assert np.array_equal(keys_t, split_keys_t) and np.array_equal(values, split_values)
+    layer = "decoder.blocks.2.cross_attn"  # layer 2, the last window, head 1, against numpy
+    key = audio[-1] @ weights.tensors[f"{layer}.key.weight"].T
+    value = audio[-1] @ weights.tensors[f"{layer}.value.weight"].T + weights.tensors[
+        f"{layer}.value.bias"]
+    assert np.abs(keys_t[2, -1, 1] - key[:, 64:128].T).max() < 1e-4
+    assert np.abs(values[2, -1, 1] - value[:, 64:128]).max() < 1e-4
+
+
 def test_pack_panels_layout():
     w = np.arange(3 * 70, dtype=np.float16).reshape(3, 70)
     panels = custom_ops.pack_panels(w)

@@ -77,7 +77,7 @@ struct EncoderAttention:
             var scores = alloc[Float32](ITEM * padded, alignment=64)
             var totals = alloc[Float32](ITEM)  # each row's softmax denominator
             var sums = alloc[Float32](ITEM * HD, alignment=64)  # the rows' value sums so far
-            var packed = -1  # the (window, head) whose K^T is in kt
+            var packed = -1  # the (window, head) pair whose K^T and V are in kt and vp
 
             @always_inline
             def score_rows[rb: Int](q_row: Int, s_row: Int, h: Int, a0: Int) {imm}:
@@ -113,16 +113,17 @@ struct EncoderAttention:
                 var window = pair // heads
                 var h = pair % heads
                 if pair != packed:  # K^T and V of this head, contiguous
-                    for t in range(length):
-                        var kp = xp.unsafe_offset((window * length + t) * width + d_model + h * HD)
+                    for t in range(padded):  # keys past T are zeros in K^T
                         var panel = kt.unsafe_offset((t // REG) * REG * HD + t % REG)
-                        for d in range(HD):
-                            panel.unsafe_store(d * REG, kp.unsafe_load(d))
-                        vp.unsafe_store[width=HD](t * HD, kp.unsafe_load[width=HD](d_model))
-                    for t in range(length, padded):
-                        var panel = kt.unsafe_offset((t // REG) * REG * HD + t % REG)
-                        for d in range(HD):
-                            panel.unsafe_store(d * REG, 0)
+                        if t < length:
+                            var kp = xp.unsafe_offset((window * length + t) * width + d_model
+                                                      + h * HD)
+                            for d in range(HD):
+                                panel.unsafe_store(d * REG, kp.unsafe_load(d))
+                            vp.unsafe_store[width=HD](t * HD, kp.unsafe_load[width=HD](d_model))
+                        else:
+                            for d in range(HD):
+                                panel.unsafe_store(d * REG, 0)
                     packed = pair
                 var first = (item % per_head) * ITEM  # the item's first query position
                 var rows = min(ITEM, length - first)
@@ -190,10 +191,10 @@ struct EncoderAttention:
                     var inverse = 1 / totals.unsafe_load(i)
                     var dst = op.unsafe_offset((q_row + i) * d_model + h * HD)
                     dst.unsafe_store[width=HD](0, sums.unsafe_load[width=HD](i * HD) * inverse)
-            kt.free()
-            vp.free()
-            scores.free()
-            totals.free()
-            sums.free()
+            kt.unsafe_free()
+            vp.unsafe_free()
+            scores.unsafe_free()
+            totals.unsafe_free()
+            sums.unsafe_free()
 
         sync_parallelize(work, workers)

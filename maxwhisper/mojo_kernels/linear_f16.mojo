@@ -101,6 +101,25 @@ def finish[gelu: Bool, cols: Int](acc: SIMD[DType.float32, cols], b: SIMD[DType.
     return v
 
 
+@always_inline
+def add_products[rows: Int, cols: Int](
+    mut acc: Array[SIMD[DType.float32, cols], rows],
+    weights: Pointer[Float16, _],
+    a: Pointer[Float32, _],
+    k_count: Int,
+    k_stride: Int,
+    row_stride: Int,
+):
+    """The micro-kernel both paths share: acc[i] += a[i, k] * W[k, :cols] for k in order, the
+    weights' rows PANEL apart (a panel or a slice of one), row i's k-th value at
+    a[k * k_stride + i * row_stride]. One expression for both paths keeps their sums the same
+    bits."""
+    for k in range(k_count):
+        var w = weights.unsafe_load[width=cols](k * PANEL).cast[DType.float32]()
+        comptime for i in range(rows):
+            acc[i] += w * a.unsafe_load(k * k_stride + i * row_stride)
+
+
 def run_linear[gelu: Bool](
     y: OutputTensor[dtype=DType.float32, rank=2, ...],
     x: InputTensor[dtype=DType.float32, rank=2, ...],
@@ -119,7 +138,8 @@ def run_linear[gelu: Bool](
     var bp = bias.unsafe_ptr()
     var out = y.unsafe_ptr()
     if rows >= GEMM_ROWS:
-        gemm[gelu](out, xp, RowsOf(rows, rows, rows, k_dim, 1, 1), wp, panels, bp, n_dim)
+        gemm[gelu](out, out, OutputLayout.matrix(n_dim), xp,
+                   RowsOf(rows, rows, rows, k_dim, 1, 1), wp, panels, bp)
         return
     # A small product (a decoding step's layer projection: under a megabyte of weights, a
     # few tens of microseconds) costs less on one core than waking the others to share it.
@@ -132,11 +152,8 @@ def run_linear[gelu: Bool](
         var n = panel_index * PANEL + c0
         var panel = wp.unsafe_offset(panel_index * k_dim * PANEL + c0)
         var acc = Array[SIMD[DType.float32, cols], rb](fill=0)
-        var xr = xp.unsafe_offset(r * k_dim)
-        for k in range(k_dim):
-            var w = panel.unsafe_load[width=cols](k * PANEL).cast[DType.float32]()
-            comptime for i in range(rb):
-                acc[i] += w * xr.unsafe_load(i * k_dim + k)
+        # row i's k-th value at x[(r + i) * k_dim + k]: in place
+        add_products(acc, panel, xp.unsafe_offset(r * k_dim), k_dim, 1, k_dim)
         var b = bp.unsafe_load[width=cols](n)
         comptime for i in range(rb):
             out.unsafe_store[width=cols]((r + i) * n_dim + n, finish[gelu, cols](acc[i], b))
@@ -206,8 +223,113 @@ struct Conv3GeluF16:
             raise Error("maxwhisper_conv3_gelu_f16: x (B, L, C), weight (P, 3 C, 64), "
                         + "bias (64 P), y (B, (L - 1) / stride + 1, 64 P)")
         var rows_in = RowsOf(batch * out_length, out_length, length, channels, 3, stride)
-        gemm[True](y.unsafe_ptr(), x.unsafe_ptr(), rows_in, weight.unsafe_ptr(), panels,
-                   bias.unsafe_ptr(), n_dim)
+        var yp = y.unsafe_ptr()
+        gemm[True](yp, yp, OutputLayout.matrix(n_dim), x.unsafe_ptr(), rows_in,
+                   weight.unsafe_ptr(), panels, bias.unsafe_ptr())
+
+
+@extensibility.register("maxwhisper_cross_kv_f16")
+struct CrossKVF16:
+    """Every decoder layer's cross-attention keys^T (L, B, H, hd, A) and values (L, B, H, A, hd)
+    of the audio features x (B, A, d): one product with the layers' key and value matrices side
+    by side (layer l's keys, then its values: 2 L H hd columns, packed in panels), each sum
+    written straight into its place in those layouts. The graph's split, per-head transposes
+    and stack of the (B, A, 2 L d) product cost ~20-35 ms a tiny window on a Zen 3 (AVX2)."""
+
+    @staticmethod
+    def execute[target: StaticString](
+        keys_t: OutputTensor[dtype=DType.float32, rank=5, ...],
+        values: OutputTensor[dtype=DType.float32, rank=5, ...],
+        x: InputTensor[dtype=DType.float32, rank=3, ...],
+        weight: InputTensor[dtype=DType.float16, rank=3, ...],
+        bias: InputTensor[dtype=DType.float32, rank=1, ...],
+        ctx: DeviceContext,
+    ) raises:
+        comptime if target != "cpu":
+            raise Error("maxwhisper_cross_kv_f16 is a CPU kernel")
+        var windows = x.dim_size(0)
+        var positions = x.dim_size(1)
+        var layers = keys_t.dim_size(0)
+        var heads = keys_t.dim_size(2)
+        var head_width = keys_t.dim_size(3)
+        var n_dim = 2 * layers * heads * head_width
+        var panels = weight.dim_size(0)
+        if (keys_t.dim_size(1) != windows or keys_t.dim_size(4) != positions
+                or values.dim_size(0) != layers or values.dim_size(1) != windows
+                or values.dim_size(2) != heads or values.dim_size(3) != positions
+                or values.dim_size(4) != head_width or head_width % NR != 0
+                or weight.dim_size(1) != x.dim_size(2) or weight.dim_size(2) != PANEL
+                or panels * PANEL != n_dim or bias.dim_size(0) != n_dim):
+            raise Error("maxwhisper_cross_kv_f16: x (B, A, d), weight (P, d, 64) with 64 P = "
+                        + "2 L H hd, bias (64 P), keys^T (L, B, H, hd, A), values "
+                        + "(L, B, H, A, hd), hd a multiple of " + String(NR))
+        var rows = windows * positions
+        var layout = OutputLayout(n_dim, positions, windows, heads, head_width)
+        gemm[False](keys_t.unsafe_ptr(), values.unsafe_ptr(), layout, x.unsafe_ptr(),
+                    RowsOf(rows, rows, rows, x.dim_size(2), 1, 1), weight.unsafe_ptr(), panels,
+                    bias.unsafe_ptr())
+
+
+@fieldwise_init
+struct OutputLayout(TrivialRegisterPassable):
+    """Where `gemm` keeps a row's NR sums from column n: a row-major (rows, n_dim) matrix at y
+    (`positions` 0), or the cross-attention layouts, keys^T at y and values at v: row b A + a
+    is position a of window b, column n is layer n // (2 d)'s key (its first d columns) or
+    value (the next d) column of head (n % d) // hd. A value's NR columns lie side by side, a
+    key's A apart (K^T)."""
+
+    var n_dim: Int
+    var positions: Int
+    var windows: Int
+    var heads: Int
+    var head_width: Int
+
+    @staticmethod
+    def matrix(n_dim: Int) -> Self:
+        return Self(n_dim, 0, 1, 1, 1)
+
+    @always_inline
+    def _head(self, row: Int, n: Int) -> Int:
+        # the (layer, window, head) block of row `row`, column n
+        var d = self.heads * self.head_width
+        return ((n // (2 * d)) * self.windows + row // self.positions) * self.heads \
+            + (n % d) // self.head_width
+
+    @always_inline
+    def _is_value(self, n: Int) -> Bool:
+        return (n // (self.heads * self.head_width)) % 2 == 1
+
+    @always_inline
+    def load(self, y: Pointer[Float32, _], v: Pointer[Float32, _], row: Int, n: Int
+             ) -> SIMD[DType.float32, NR]:
+        if self.positions == 0:
+            return y.unsafe_load[width=NR](row * self.n_dim + n)
+        var head = self._head(row, n)
+        var a = row % self.positions
+        var j = n % self.head_width
+        if self._is_value(n):
+            return v.unsafe_load[width=NR]((head * self.positions + a) * self.head_width + j)
+        var key = y.unsafe_offset((head * self.head_width + j) * self.positions + a)
+        var sums = SIMD[DType.float32, NR]()
+        comptime for c in range(NR):
+            sums[c] = key.unsafe_load(c * self.positions)
+        return sums
+
+    @always_inline
+    def store(self, y: Pointer[Float32, MutAnyOrigin], v: Pointer[Float32, MutAnyOrigin],
+              row: Int, n: Int, sums: SIMD[DType.float32, NR]):
+        if self.positions == 0:
+            y.unsafe_store[width=NR](row * self.n_dim + n, sums)
+            return
+        var head = self._head(row, n)
+        var a = row % self.positions
+        var j = n % self.head_width
+        if self._is_value(n):
+            v.unsafe_store[width=NR]((head * self.positions + a) * self.head_width + j, sums)
+            return
+        var key = y.unsafe_offset((head * self.head_width + j) * self.positions + a)
+        comptime for c in range(NR):
+            key.unsafe_store(c * self.positions, sums[c])
 
 
 @fieldwise_init
@@ -228,20 +350,22 @@ struct RowsOf(TrivialRegisterPassable):
 
 
 def gemm[gelu: Bool](
-    yp: UnsafePointer[Float32, MutAnyOrigin],
-    xp: UnsafePointer[Float32, ImmutAnyOrigin],
+    yp: Pointer[Float32, MutAnyOrigin],
+    vp: Pointer[Float32, MutAnyOrigin],
+    layout: OutputLayout,
+    xp: Pointer[Float32, ImmutAnyOrigin],
     a_rows: RowsOf,
-    wp: UnsafePointer[Float16, ImmutAnyOrigin],
+    wp: Pointer[Float16, ImmutAnyOrigin],
     panels: Int,
-    bp: UnsafePointer[Float32, ImmutAnyOrigin],
-    n_dim: Int,
+    bp: Pointer[Float32, ImmutAnyOrigin],
 ) raises:
     # Blocked like a BLAS GEMM. Each core takes a share of the rows; an A block of MC rows x KC
     # k's is packed six rows interleaved (a micro-panel's six values of one k side by side, so
     # the conv stem's overlapping windows need no im2col copy), and each panel's slice of KC
     # weight rows and NR columns stays in L1 while the block's micro-panels pass over it. The
     # sums are carried in y between k blocks, so each runs over k in order with the same
-    # operations as `run_linear`'s blocks: the same bits.
+    # operations as `run_linear`'s blocks: the same bits. The sums go to yp (and vp) where
+    # `layout` places them.
     var rows = a_rows.rows
     var k_dim = a_rows.k_dim()
     var window_values = a_rows.length * a_rows.channels
@@ -250,7 +374,7 @@ def gemm[gelu: Bool](
     comptime MP = MC // REG_ROWS  # micro-panels of an A block
 
     @always_inline
-    def pack(packed: UnsafePointer[Float32, MutUntrackedOrigin], m0: Int, m1: Int, k0: Int, kc: Int
+    def pack(packed: Pointer[Float32, MutUntrackedOrigin], m0: Int, m1: Int, k0: Int, kc: Int
              ) {imm}:
         for m in range(m0, m1):
             var dst = packed.unsafe_offset((m - m0) * kc * REG_ROWS)
@@ -296,17 +420,15 @@ def gemm[gelu: Bool](
                             if not first:
                                 comptime for i in range(REG_ROWS):
                                     if i < live:
-                                        acc[i] = yp.unsafe_load[width=NR]((r + i) * n_dim + n)
+                                        acc[i] = layout.load(yp, vp, r + i, n)
+                            # row i's k-th value at packed[k * REG_ROWS + i] (interleaved)
                             var a = packed.unsafe_offset((m - m0) * kc * REG_ROWS)
-                            for k in range(kc):
-                                var w = slice.unsafe_load[width=NR](k * PANEL).cast[DType.float32]()
-                                comptime for i in range(REG_ROWS):
-                                    acc[i] += w * a.unsafe_load(k * REG_ROWS + i)
+                            add_products(acc, slice, a, kc, REG_ROWS, 1)
                             comptime for i in range(REG_ROWS):
                                 if i < live:
                                     var v = finish[gelu, NR](acc[i], b) if last else acc[i]
-                                    yp.unsafe_store[width=NR]((r + i) * n_dim + n, v)
+                                    layout.store(yp, vp, r + i, n, v)
             m0 = m1
-        packed.free()
+        packed.unsafe_free()
 
     sync_parallelize(work, workers)
