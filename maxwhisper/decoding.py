@@ -121,8 +121,11 @@ class SuppressBlank:
 class SuppressTokens:
     suppress: list[int]
 
+    def __post_init__(self) -> None:
+        self._columns = np.array(self.suppress, dtype=np.int64)  # not a list to convert each step
+
     def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
-        logits[:, self.suppress] = -np.inf
+        logits[:, self._columns] = -np.inf
 
 
 @dataclass
