@@ -314,11 +314,16 @@ def cross_kv(audio: TensorValue, p: Params, dims: ModelDimensions) -> tuple[Tens
 
     All 2L projections of the audio features are one matmul (d -> 2 L d).
     """
-    names = [f"decoder.blocks.{i}.cross_attn.{kv}" for i in range(dims.n_text_layer)
-             for kv in ("key", "value")]
+    names = cross_kv_names(dims)
     if p.projections_on_kernel():  # the same sums, written in these layouts by the kernel
         return p.cross_kv_on_kernel(audio, names, dims)
     return cross_kv_layouts(p.fused_linear(audio, names), dims.n_text_head)
+
+
+def cross_kv_names(dims: ModelDimensions) -> list[str]:
+    """The 2L projections `cross_kv` joins: each decoder layer's cross-attention key, then value."""
+    return [f"decoder.blocks.{i}.cross_attn.{kv}" for i in range(dims.n_text_layer)
+            for kv in ("key", "value")]
 
 
 def cross_kv_layouts(projections: list[TensorValue], n_head: int

@@ -137,9 +137,8 @@ def test_cross_kv_f16_writes_the_same_bits_as_the_split_and_transposes(windows, 
 
     def body(audio, params):
         params.kernels = frozenset({"encoder_linear"})
-        names = [f"decoder.blocks.{i}.cross_attn.{kv}" for i in range(dims.n_text_layer)
-                 for kv in ("key", "value")]
-        split = model.cross_kv_layouts(params.fused_linear(audio, names), dims.n_text_head)
+        projections = params.fused_linear(audio, model.cross_kv_names(dims))
+        split = model.cross_kv_layouts(projections, dims.n_text_head)
         return (*model.cross_kv(audio, params, dims), *split)
 
     piece = compile_piece("cross_kv_f16", [(DType.float32, ["batch", "positions", 384])], body,
