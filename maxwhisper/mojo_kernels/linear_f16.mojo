@@ -272,11 +272,12 @@ struct CrossKVF16:
 
 @fieldwise_init
 struct OutputLayout(TrivialRegisterPassable):
-    """Where `gemm` keeps a row's NR sums from column n: a row-major (rows, n_dim) matrix at y
-    (`positions` 0), or the cross-attention layouts, keys^T at y and values at v: row b A + a
-    is position a of window b, column n is layer n // (2 d)'s key (its first d columns) or
-    value (the next d) column of head (n % d) // hd. A value's NR columns lie side by side, a
-    key's A apart (K^T)."""
+    """Where `gemm` puts a row's sums: a row-major (rows, n_dim) matrix at y (`positions` 0), or
+    the cross-attention layouts, keys^T at y and values at v: row b A + a is position a of
+    window b, column n is layer n // (2 d)'s key (its first d columns) or value (the next d)
+    column of head (n % d) // hd. A value's NR columns lie side by side (`store`); a key's lie
+    A apart (K^T), so `gemm` stages an A block's keys and writes each column's positions as
+    one run (`store_keys`)."""
 
     var n_dim: Int
     var positions: Int
@@ -296,40 +297,42 @@ struct OutputLayout(TrivialRegisterPassable):
             + (n % d) // self.head_width
 
     @always_inline
-    def _is_value(self, n: Int) -> Bool:
-        return (n // (self.heads * self.head_width)) % 2 == 1
-
-    @always_inline
-    def load(self, y: Pointer[Float32, _], v: Pointer[Float32, _], row: Int, n: Int
-             ) -> SIMD[DType.float32, NR]:
-        if self.positions == 0:
-            return y.unsafe_load[width=NR](row * self.n_dim + n)
-        var head = self._head(row, n)
-        var a = row % self.positions
-        var j = n % self.head_width
-        if self._is_value(n):
-            return v.unsafe_load[width=NR]((head * self.positions + a) * self.head_width + j)
-        var key = y.unsafe_offset((head * self.head_width + j) * self.positions + a)
-        var sums = SIMD[DType.float32, NR]()
-        comptime for c in range(NR):
-            sums[c] = key.unsafe_load(c * self.positions)
-        return sums
+    def is_key(self, n: Int) -> Bool:
+        return self.positions != 0 and (n // (self.heads * self.head_width)) % 2 == 0
 
     @always_inline
     def store(self, y: Pointer[Float32, MutAnyOrigin], v: Pointer[Float32, MutAnyOrigin],
               row: Int, n: Int, sums: SIMD[DType.float32, NR]):
+        """Row `row`'s sums of columns n .. n + NR of the matrix, or of a value."""
         if self.positions == 0:
             y.unsafe_store[width=NR](row * self.n_dim + n, sums)
             return
-        var head = self._head(row, n)
         var a = row % self.positions
-        var j = n % self.head_width
-        if self._is_value(n):
-            v.unsafe_store[width=NR]((head * self.positions + a) * self.head_width + j, sums)
-            return
-        var key = y.unsafe_offset((head * self.head_width + j) * self.positions + a)
-        comptime for c in range(NR):
-            key.unsafe_store(c * self.positions, sums[c])
+        v.unsafe_store[width=NR](
+            (self._head(row, n) * self.positions + a) * self.head_width + n % self.head_width,
+            sums)
+
+    def store_keys(self, y: Pointer[Float32, MutAnyOrigin], staged: Pointer[Float32, _], n: Int,
+                   row0: Int, count: Int):
+        """Key columns n .. n + NR of rows row0 .. row0 + count, staged column by column (column
+        n + c's rows at staged[c * MC ..]): each column's positions as runs, one per window."""
+        for c in range(NR):
+            var row = row0
+            while row < row0 + count:
+                var a = row % self.positions
+                var run = min(row0 + count - row, self.positions - a)
+                var j = n % self.head_width + c
+                var dst = y.unsafe_offset((self._head(row, n) * self.head_width + j)
+                                          * self.positions + a)
+                var src = staged.unsafe_offset(c * MC + row - row0)
+                var i = 0
+                while i + LANES <= run:
+                    dst.unsafe_store[width=LANES](i, src.unsafe_load[width=LANES](i))
+                    i += LANES
+                while i < run:
+                    dst.unsafe_store(i, src.unsafe_load(i))
+                    i += 1
+                row += run
 
 
 @fieldwise_init
@@ -397,12 +400,25 @@ def gemm[gelu: Bool](
                 for k in range(hi, kc):
                     dst.unsafe_store(k * REG_ROWS + i, 0)
 
+    # Sums between k blocks: in y itself for a plain matrix (an A block's rows are contiguous
+    # there); for the cross-attention layouts in a scratch block of MC rows, so the strided key
+    # addresses are written once, at the last k block (carried there, eight windows of keys ran
+    # ~15-19 ms a window slower than MAX's copies on a Zen 3).
+    var in_place = layout.positions == 0 or k_dim <= KC
+    var carry_rows = 0 if in_place else MC
+
     def work(worker: Int) {imm}:
         var packed = alloc[Float32](MC * KC, alignment=64)
+        var staged = alloc[Float32](NR * MC, alignment=64)  # an A block's keys (store_keys)
+        var scratch = alloc[Float32](max(1, carry_rows * layout.n_dim), alignment=64)
+        var carry: Pointer[Float32, MutAnyOrigin] = yp
+        if not in_place:
+            carry = scratch.unsafe_origin_cast[MutAnyOrigin]()
         var m_end = micro_panels * (worker + 1) // workers
         var m0 = micro_panels * worker // workers
         while m0 < m_end:
             var m1 = min(m0 + MP, m_end)
+            var first_row = 0 if in_place else m0 * REG_ROWS  # row 0 of carry
             for k0 in range(0, k_dim, KC):
                 var kc = min(KC, k_dim - k0)
                 pack(packed, m0, m1, k0, kc)
@@ -413,6 +429,7 @@ def gemm[gelu: Bool](
                         var n = p * PANEL + c0
                         var slice = wp.unsafe_offset((p * k_dim + k0) * PANEL + c0)
                         var b = bp.unsafe_load[width=NR](n)
+                        var keys = last and layout.is_key(n)
                         for m in range(m0, m1):
                             var r = m * REG_ROWS
                             var live = min(REG_ROWS, rows - r)
@@ -420,15 +437,29 @@ def gemm[gelu: Bool](
                             if not first:
                                 comptime for i in range(REG_ROWS):
                                     if i < live:
-                                        acc[i] = layout.load(yp, vp, r + i, n)
+                                        acc[i] = carry.unsafe_load[width=NR](
+                                            (r + i - first_row) * layout.n_dim + n)
                             # row i's k-th value at packed[k * REG_ROWS + i] (interleaved)
                             var a = packed.unsafe_offset((m - m0) * kc * REG_ROWS)
                             add_products(acc, slice, a, kc, REG_ROWS, 1)
                             comptime for i in range(REG_ROWS):
                                 if i < live:
-                                    var v = finish[gelu, NR](acc[i], b) if last else acc[i]
-                                    layout.store(yp, vp, r + i, n, v)
+                                    if keys:
+                                        var sums = finish[gelu, NR](acc[i], b)
+                                        var row = r + i - m0 * REG_ROWS
+                                        comptime for c in range(NR):
+                                            staged.unsafe_store(c * MC + row, sums[c])
+                                    elif last:
+                                        layout.store(yp, vp, r + i, n, finish[gelu, NR](acc[i], b))
+                                    else:
+                                        carry.unsafe_store[width=NR](
+                                            (r + i - first_row) * layout.n_dim + n, acc[i])
+                        if keys:
+                            var row0 = m0 * REG_ROWS
+                            layout.store_keys(yp, staged, n, row0, min(m1 * REG_ROWS, rows) - row0)
             m0 = m1
         packed.unsafe_free()
+        staged.unsafe_free()
+        scratch.unsafe_free()
 
     sync_parallelize(work, workers)
