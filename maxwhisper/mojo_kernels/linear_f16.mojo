@@ -366,8 +366,8 @@ def gemm[gelu: Bool](
     # k's is packed six rows interleaved (a micro-panel's six values of one k side by side, so
     # the conv stem's overlapping windows need no im2col copy), and each panel's slice of KC
     # weight rows and NR columns stays in L1 while the block's micro-panels pass over it. The
-    # sums are carried in y between k blocks, so each runs over k in order with the same
-    # operations as `run_linear`'s blocks: the same bits. The sums go to yp (and vp) where
+    # sums are carried between k blocks (`carry`), so each runs over k in order with the same
+    # operations as `run_linear`'s blocks: the same bits. The final sums go to yp (and vp) where
     # `layout` places them.
     var rows = a_rows.rows
     var k_dim = a_rows.k_dim()
@@ -400,10 +400,11 @@ def gemm[gelu: Bool](
                 for k in range(hi, kc):
                     dst.unsafe_store(k * REG_ROWS + i, 0)
 
-    # Sums between k blocks: in y itself for a plain matrix (an A block's rows are contiguous
-    # there); for the cross-attention layouts in a scratch block of MC rows, so the strided key
-    # addresses are written once, at the last k block (carried there, eight windows of keys ran
-    # ~15-19 ms a window slower than MAX's copies on a Zen 3).
+    # Sums between k blocks: in y itself for a plain matrix (an A block's rows lie contiguous
+    # there); for the cross-attention layouts in a scratch block of MC rows, so y and v are
+    # written once, with the final sums. Keys go through `staged` and out as one run of
+    # positions a column (`store_keys`): stored one by one, 16 addresses A apart, they cost
+    # ~22 ms a tiny window on a Zen 3 (measured with contiguous stores in their place).
     var in_place = layout.positions == 0 or k_dim <= KC
     var carry_rows = 0 if in_place else MC
 
