@@ -231,6 +231,7 @@ def test_cross_attention_streamed_rows_equal_register_rows(attention_piece, audi
     assert np.array_equal(streamed_out, register_out[:2])
     assert np.array_equal(streamed_weights, register_weights[:, :2])
 
+
 def test_grouped_cross_attention_ops_equal_the_kernel(attention_piece):
     """MAX's ops path (accelerators, MAXWHISPER_CROSS_ATTENTION_KERNEL=0) takes the same groups,
     as the alignment graph uses it (the weights an output). The decoding graph's form (weights
