@@ -34,7 +34,7 @@ from extensibility import InputTensor, OutputTensor
 from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 from std.math import erf
-from std.memory import alloc
+from std.memory import alloc, memmove
 from std.sys.info import num_physical_cores
 
 from .registers import LANES, block_columns
@@ -324,14 +324,7 @@ struct OutputLayout(TrivialRegisterPassable):
                 var j = n % self.head_width + c
                 var dst = y.unsafe_offset((self._head(row, n) * self.head_width + j)
                                           * self.positions + a)
-                var src = staged.unsafe_offset(c * MC + row - row0)
-                var i = 0
-                while i + LANES <= run:
-                    dst.unsafe_store[width=LANES](i, src.unsafe_load[width=LANES](i))
-                    i += LANES
-                while i < run:
-                    dst.unsafe_store(i, src.unsafe_load(i))
-                    i += 1
+                memmove(dest=dst, src=staged.unsafe_offset(c * MC + row - row0), count=run)
                 row += run
 
 
@@ -406,12 +399,12 @@ def gemm[gelu: Bool](
     # positions a column (`store_keys`): stored one by one, 16 addresses A apart, they cost
     # ~22 ms a tiny window on a Zen 3 (measured with contiguous stores in their place).
     var in_place = layout.positions == 0 or k_dim <= KC
-    var carry_rows = 0 if in_place else MC
+    var heads = layout.positions != 0
 
     def work(worker: Int) {imm}:
         var packed = alloc[Float32](MC * KC, alignment=64)
-        var staged = alloc[Float32](NR * MC, alignment=64)  # an A block's keys (store_keys)
-        var scratch = alloc[Float32](max(1, carry_rows * layout.n_dim), alignment=64)
+        var staged = alloc[Float32](NR * MC if heads else 1, alignment=64)  # (store_keys)
+        var scratch = alloc[Float32](1 if in_place else MC * layout.n_dim, alignment=64)
         var carry: Pointer[Float32, MutAnyOrigin] = yp
         if not in_place:
             carry = scratch.unsafe_origin_cast[MutAnyOrigin]()
@@ -419,7 +412,8 @@ def gemm[gelu: Bool](
         var m0 = micro_panels * worker // workers
         while m0 < m_end:
             var m1 = min(m0 + MP, m_end)
-            var first_row = 0 if in_place else m0 * REG_ROWS  # row 0 of carry
+            var row0 = m0 * REG_ROWS  # the A block's first row
+            var first_row = 0 if in_place else row0  # row 0 of carry
             for k0 in range(0, k_dim, KC):
                 var kc = min(KC, k_dim - k0)
                 pack(packed, m0, m1, k0, kc)
@@ -447,16 +441,14 @@ def gemm[gelu: Bool](
                                 if i < live:
                                     if keys:
                                         var sums = finish[gelu, NR](acc[i], b)
-                                        var row = r + i - m0 * REG_ROWS
                                         comptime for c in range(NR):
-                                            staged.unsafe_store(c * MC + row, sums[c])
+                                            staged.unsafe_store(c * MC + r + i - row0, sums[c])
                                     elif last:
                                         layout.store(yp, vp, r + i, n, finish[gelu, NR](acc[i], b))
                                     else:
                                         carry.unsafe_store[width=NR](
                                             (r + i - first_row) * layout.n_dim + n, acc[i])
                         if keys:
-                            var row0 = m0 * REG_ROWS
                             layout.store_keys(yp, staged, n, row0, min(m1 * REG_ROWS, rows) - row0)
             m0 = m1
         packed.unsafe_free()
