@@ -74,6 +74,20 @@ def host_cpu() -> str:
             f"{fields.get('model', '?')}-{flags}")
 
 
+def encoder_gemm_kernel_pays(cpu: str | None = None) -> bool:
+    """Whether the encoder's many-row products (and conv stem) run faster on `linear_f16`'s
+    blocked GEMM than on MAX's float32 matmul, on `cpu` (`host_cpu()` by default).
+
+    Not on Intel: there every float16 -> float32 conversion of a weight vector (VCVTPH2PS)
+    takes a slot on the two ports that also do the fused multiply-adds, and the GEMM converts
+    each weight slice once per block of rows. Measured on an Intel Xeon (AVX-512, 2 cores,
+    2026-11-29): a tiny.en window 321 -> 232 ms with MAX's matmul, eight windows 343 -> 235 ms
+    a window, a base window 937 -> 688 ms. On AMD the kernel won (Zen 3: MAX's conv stem ran
+    at ~40 GFLOP/s, a tiny window 499-520 -> 414-479 ms with the kernel), and it stays the
+    choice where nothing was measured."""
+    return not (cpu or host_cpu()).startswith("GenuineIntel-")
+
+
 def kernel_library() -> Path:
     """The compiled kernel package (`.mojoc`), built on first use and kept in the cache (one
     per source version and kind of CPU)."""

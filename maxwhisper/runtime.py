@@ -35,6 +35,7 @@ from .settings import (
     cache_dir,
     encoder_float64_blocks,
     kernel_allowed,
+    kernel_forced,
     resident_cache_setting,
     worker_nice,
 )
@@ -129,7 +130,9 @@ def default_kernels(weights: WhisperWeights, device: str, dtype: str) -> frozens
     """maxwhisper's Mojo kernels the graphs use: the CPU kernels in float32, each where it
     changes no value (the float16 ones only when the weights are exactly float16 values, as
     the released ones are; the attentions' sums are float32 like MAX's, in their own order)
-    and unless its `MAXWHISPER_*_KERNEL=0` switch turns it off."""
+    and unless its `MAXWHISPER_*_KERNEL=0` switch turns it off. The encoder's projections
+    only where they beat MAX's matmul on this CPU (`custom_ops.encoder_gemm_kernel_pays`),
+    or where `MAXWHISPER_ENCODER_LINEAR_KERNEL=1` asks for them."""
     if device != "cpu" or dtype != "float32":
         return frozenset()
     tensors = weights.tensors
@@ -143,7 +146,8 @@ def default_kernels(weights: WhisperWeights, device: str, dtype: str) -> frozens
         "self_attention": head_width == 64,
         "encoder_attention": weights.dims.n_audio_state // weights.dims.n_audio_head == 64,
         "encoder_linear": all(custom_ops.fits_float16(array) for name, array in tensors.items()
-                              if _encoder_graph_matrix(name, array)),
+                              if _encoder_graph_matrix(name, array))
+        and (custom_ops.encoder_gemm_kernel_pays() or kernel_forced("encoder_linear")),
     }
     return frozenset(name for name, ok in applies.items() if ok and kernel_allowed(name))
 

@@ -55,8 +55,14 @@ def kernel_allowed(kernel: str) -> bool:
     `MAXWHISPER_CROSS_ATTENTION_KERNEL=0` and `MAXWHISPER_SELF_ATTENTION_KERNEL=0` (the
     decoder's two attentions), `MAXWHISPER_ENCODER_ATTENTION_KERNEL=0` (the encoder's) and
     `MAXWHISPER_ENCODER_LINEAR_KERNEL=0` (the encoder's projections and conv stem) fall back to
-    MAX's own ops."""
+    MAX's own ops (on Intel CPUs the encoder's already do unless `=1`: `kernel_forced`)."""
     return os.environ.get(KERNEL_SWITCHES[kernel], "1") != "0"
+
+
+def kernel_forced(kernel: str) -> bool:
+    """`MAXWHISPER_*_KERNEL=1` uses a kernel even where the default leaves it out for this CPU
+    (the encoder's projections on Intel: `custom_ops.encoder_gemm_kernel_pays`)."""
+    return os.environ.get(KERNEL_SWITCHES[kernel]) == "1"
 
 
 def timestamp_guess_allowed() -> bool:

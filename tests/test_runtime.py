@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import max_model
 
+from maxwhisper import custom_ops
 from maxwhisper.runtime import (
     RUNTIME_WORKER_NAME,
     KVCache,
@@ -114,6 +115,7 @@ def test_kernels_apply_to_released_weights_on_the_cpu_in_float32(monkeypatch, ti
                                                                     base_weights):
     for name in KERNEL_SWITCHES.values():
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(custom_ops, "host_cpu", lambda: "AuthenticAMD-25-1-0123456789ab")
     every = {"vocab", "linear", "cross_attention", "self_attention", "encoder_attention",
              "encoder_linear"}
     assert default_kernels(tiny_weights, "cpu", "float32") == every
@@ -122,11 +124,18 @@ def test_kernels_apply_to_released_weights_on_the_cpu_in_float32(monkeypatch, ti
     assert default_kernels(tiny_weights, "cpu", "float16") == frozenset()
     monkeypatch.setenv("MAXWHISPER_LINEAR_KERNEL", "0")
     assert default_kernels(tiny_weights, "cpu", "float32") == every - {"linear"}
+    monkeypatch.delenv("MAXWHISPER_LINEAR_KERNEL")
+    # on Intel the encoder's projections stay on MAX's matmul unless asked for
+    monkeypatch.setattr(custom_ops, "host_cpu", lambda: "GenuineIntel-6-143-0123456789ab")
+    assert default_kernels(tiny_weights, "cpu", "float32") == every - {"encoder_linear"}
+    monkeypatch.setenv("MAXWHISPER_ENCODER_LINEAR_KERNEL", "1")
+    assert default_kernels(tiny_weights, "cpu", "float32") == every
 
 
-def test_float16_kernels_only_for_weights_that_are_float16_values(tiny_weights):
+def test_float16_kernels_only_for_weights_that_are_float16_values(monkeypatch, tiny_weights):
     """A checkpoint whose decoder (or encoder) weights are not exactly float16 (fine-tuned in
     float32, say) keeps MAX's float32 matmuls there, so no weight value is ever rounded."""
+    monkeypatch.setenv("MAXWHISPER_ENCODER_LINEAR_KERNEL", "1")  # whatever this CPU is
     name = "decoder.blocks.0.mlp.0.weight"
     nudged = tiny_weights.tensors[name].astype(np.float32) + np.float32(1e-4)
     changed = replace(tiny_weights, tensors={**tiny_weights.tensors, name: nudged})
