@@ -74,9 +74,9 @@ def host_cpu() -> str:
             f"{fields.get('model', '?')}-{flags}")
 
 
-def encoder_gemm_kernel_pays(cpu: str | None = None) -> bool:
+def encoder_gemm_kernel_pays() -> bool:
     """Whether the encoder's many-row products (and conv stem) run faster on `linear_f16`'s
-    blocked GEMM than on MAX's float32 matmul, on `cpu` (`host_cpu()` by default).
+    blocked GEMM than on MAX's float32 matmul on this CPU (`host_cpu()`'s vendor).
 
     Not on Intel: there every float16 -> float32 conversion of a weight vector (VCVTPH2PS)
     takes a slot on the two ports that also do the fused multiply-adds, and the GEMM converts
@@ -85,7 +85,7 @@ def encoder_gemm_kernel_pays(cpu: str | None = None) -> bool:
     a window, a base window 937 -> 688 ms. On AMD the kernel won (Zen 3: MAX's conv stem ran
     at ~40 GFLOP/s, a tiny window 499-520 -> 414-479 ms with the kernel), and it stays the
     choice where nothing was measured."""
-    return not (cpu or host_cpu()).startswith("GenuineIntel-")
+    return not host_cpu().startswith("GenuineIntel-")
 
 
 def kernel_library() -> Path:

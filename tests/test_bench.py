@@ -46,3 +46,9 @@ def test_interleaved_bench_of_two_engines(jfk, tmp_path):
     assert mx["speedup_vs"]["faster-fp32"] == pytest.approx(
         faster["wall_min_s"] / mx["wall_min_s"])
     assert mx["decoder_ms_per_step"] > 0 and mx["encoder_ms_per_window"] > 0
+    # the floor: the step's bytes at numpy's rate over a matrix of the step's size
+    assert mx["decoder_stream_gbps"] > 0
+    assert mx["decoder_floor_ms"] == pytest.approx(
+        mx["decoder_mb_per_step"] / mx["decoder_stream_gbps"])
+    assert mx["decoder_share_of_floor"] == pytest.approx(
+        mx["decoder_floor_ms"] / mx["decoder_ms_per_step"])
