@@ -75,16 +75,20 @@ def host_cpu() -> str:
 
 
 def encoder_gemm_kernel_pays() -> bool:
-    """Whether the encoder's many-row products (and conv stem) run faster on `linear_f16`'s
-    blocked GEMM than on MAX's float32 matmul on this CPU (`host_cpu()`'s vendor).
+    """Whether the encoder's projections (q/k/v, output, MLP) and conv stem run on
+    `linear_f16`'s blocked GEMM rather than MAX's float32 matmul and conv on this CPU
+    (`host_cpu()`'s vendor). The cross-attention K/V takes the kernel everywhere (it writes
+    the decoder's layouts directly).
 
-    Not on Intel: there every float16 -> float32 conversion of a weight vector (VCVTPH2PS)
-    takes a slot on the two ports that also do the fused multiply-adds, and the GEMM converts
-    each weight slice once per block of rows. Measured on an Intel Xeon (AVX-512, 2 cores,
-    2026-11-29): a tiny.en window 321 -> 232 ms with MAX's matmul, eight windows 343 -> 235 ms
-    a window, a base window 937 -> 688 ms. On AMD the kernel won (Zen 3: MAX's conv stem ran
-    at ~40 GFLOP/s, a tiny window 499-520 -> 414-479 ms with the kernel), and it stays the
-    choice where nothing was measured."""
+    Not on Intel. Measured on an Intel Xeon (AVX-512, 2 cores, 2026-11-30), in one process,
+    alternated, a tiny.en window: the blocks' projections on the kernel +11 ms against MAX's
+    matmul (eight windows a call: +12 ms a window); MAX's float32 matmul reaches 240-270
+    GFLOP/s there against the kernel's 210-230. The stem alone is faster on the kernel (10
+    against 15 ms), but its long sums in order (over 3 x 384 inputs) moved the hard tiny.en
+    clip's encoder output 2.5e-3 from the exact result, past torch's 1.4e-3 and past the
+    project's bound; MAX's conv keeps it inside. On AMD the kernel won (Zen 3: a tiny window
+    499-520 -> 414-479 ms with it) and met the bound, and it stays the choice where nothing
+    was measured."""
     return not host_cpu().startswith("GenuineIntel-")
 
 

@@ -37,16 +37,17 @@ from std.math import erf
 from std.memory import alloc, memmove
 from std.sys.info import num_physical_cores
 
-from .registers import LANES, block_columns
+from .registers import GEMM_SUM_REGISTERS, LANES, block_columns
 
 
 comptime PANEL = 64  # output columns per panel: 4 AVX-512 vectors of float32
 comptime REG_ROWS = 6  # rows of a full block (a prefill's prompt rows)
-comptime NR = block_columns[REG_ROWS, PANEL]()  # a full block's columns: 16 AVX2, 64 AVX-512
 # Many rows (the encoder's 1500 a window and its conv stem) take the blocked path, `gemm`: a
 # weight slice of KC k's x NR columns stays in L1 (16 KB of cache lines: an AVX2 slice of 16
 # float16 columns fills half of each 64-byte line) while every micro-panel of an A block of MC
-# rows (packed, in L2) passes over it.
+# rows (packed, in L2) passes over it. NR: 16 columns with AVX2, 32 with AVX-512 (see
+# `registers.GEMM_SUM_REGISTERS`).
+comptime NR = block_columns[REG_ROWS, PANEL, GEMM_SUM_REGISTERS]()
 comptime KC = 16384 // max(64, NR * 2)
 comptime MC = 96
 comptime GEMM_ROWS = 256  # a prompt's prefill (up to ~224 rows) keeps the block path
