@@ -75,20 +75,17 @@ def host_cpu() -> str:
 
 
 def encoder_gemm_kernel_pays() -> bool:
-    """Whether the encoder's projections (q/k/v, output, MLP) and conv stem run on
-    `linear_f16`'s blocked GEMM rather than MAX's float32 matmul and conv on this CPU
-    (`host_cpu()`'s vendor). The cross-attention K/V takes the kernel everywhere (it writes
-    the decoder's layouts directly).
+    """Whether the encoder's many-row products (and conv stem) run on `linear_f16`'s blocked
+    GEMM rather than MAX's float32 matmul and conv on this CPU (`host_cpu()`'s vendor).
 
-    Not on Intel. Measured on an Intel Xeon (AVX-512, 2 cores, 2026-11-30), in one process,
-    alternated, a tiny.en window: the blocks' projections on the kernel +11 ms against MAX's
-    matmul (eight windows a call: +12 ms a window); MAX's float32 matmul reaches 240-270
-    GFLOP/s there against the kernel's 210-230. The stem alone is faster on the kernel (10
-    against 15 ms), but its long sums in order (over 3 x 384 inputs) moved the hard tiny.en
-    clip's encoder output 2.5e-3 from the exact result, past torch's 1.4e-3 and past the
-    project's bound; MAX's conv keeps it inside. On AMD the kernel won (Zen 3: a tiny window
-    499-520 -> 414-479 ms with it) and met the bound, and it stays the choice where nothing
-    was measured."""
+    Not on Intel. Measured on an Intel Xeon (AVX-512, 2 cores): before the GEMM's register
+    block was narrowed (`registers.GEMM_SUM_REGISTERS`) a tiny.en window took 321 ms on the
+    kernel against 232 on MAX's ops (2026-11-29); after it (2026-11-30, one process, 12
+    alternated calls) the two are level (+4 ms a window for the kernel alone, -12 ms at eight
+    windows a call), but the stem's long sums in order (3 x 384 inputs) moved the hard tiny.en
+    clip's encoder output 2.5e-3 from the exact result, past torch's 1.4e-3 and the project's
+    bound, which MAX's conv keeps. On AMD the kernel won (Zen 3: a tiny window 499-520 ->
+    414-479 ms) and met the bound; it stays the choice where nothing was measured."""
     return not host_cpu().startswith("GenuineIntel-")
 
 

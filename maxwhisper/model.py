@@ -54,9 +54,8 @@ class Params:
     # the decoder's "vocab" (the output projection) and "linear" (the layers' projections) over
     # float16 weights, "cross_attention" (the attention to the audio window), "self_attention"
     # (the attention over the filled cache slots); the encoder's "encoder_attention" and
-    # "encoder_linear" (its blocks' projections and conv stem over float16 weights) and
-    # "cross_kv" (the cross-attention K/V, the same kernel's GEMM writing the decoder's
-    # layouts). CPU, float32 parts of a graph only
+    # "encoder_linear" (its projections, conv stem and cross K/V over float16 weights). CPU,
+    # float32 parts of a graph only
     kernels: frozenset[str] = frozenset()
     # the encoder's stem and first `float64_blocks` blocks compute in float64 (see `encoder`)
     float64_blocks: int = 0
@@ -100,11 +99,6 @@ class Params:
         """Whether this graph's projections run on the float16-weight kernel: the decoder's
         ("linear") or the encoder's ("encoder_linear"), in a float32 part of the graph."""
         return bool(self.kernels & {"linear", "encoder_linear"}) and self.dtype == DType.float32
-
-    def on_kernel(self, kernel: str) -> bool:
-        """Whether `kernel` (one of `kernels`' names) computes its part of this graph: chosen,
-        and this part of the graph is float32 (the kernels' precision)."""
-        return kernel in self.kernels and self.dtype == DType.float32
 
     def linear(self, x: TensorValue, name: str, gelu: bool = False) -> TensorValue:
         """openai-whisper's `Linear`: x @ W.T + b (no bias for attention keys), then GELU if
@@ -218,7 +212,7 @@ def conv1d(x_nlc: TensorValue, p: Params, name: str, stride: int) -> TensorValue
 def conv_stem(mel: TensorValue, p: Params) -> TensorValue:
     """(B, n_mels, 2A) log-mel -> (B, A, d): conv, GELU, stride-2 conv, GELU."""
     x = ops.permute(mel, [0, 2, 1])  # (B, 2A, n_mels)
-    if p.on_kernel("encoder_linear"):
+    if p.projections_on_kernel():  # (an encoder graph's only projection kernel: "encoder_linear")
         return p.conv_gelu(p.conv_gelu(x, "encoder.conv1", 1), "encoder.conv2", 2)
     x = ops.gelu(conv1d(x, p, "encoder.conv1", stride=1))
     return ops.gelu(conv1d(x, p, "encoder.conv2", stride=2))
@@ -321,7 +315,7 @@ def cross_kv(audio: TensorValue, p: Params, dims: ModelDimensions) -> tuple[Tens
     All 2L projections of the audio features are one matmul (d -> 2 L d).
     """
     names = cross_kv_names(dims)
-    if p.on_kernel("cross_kv"):  # the same sums, written in these layouts by the kernel
+    if p.projections_on_kernel():  # the same sums, written in these layouts by the kernel
         return p.cross_kv_on_kernel(audio, names, dims)
     return cross_kv_layouts(p.fused_linear(audio, names), dims.n_text_head)
 

@@ -43,7 +43,7 @@ from .weights import ModelDimensions, WhisperWeights
 
 DTYPES = {"float32": DType.float32, "float16": DType.float16}
 # the encoder graph's kernels; the rest of `default_kernels` are the decoder's
-ENCODER_KERNELS = frozenset({"encoder_attention", "encoder_linear", "cross_kv"})
+ENCODER_KERNELS = frozenset({"encoder_attention", "encoder_linear"})
 GRAPH_BUILDERS = {
     "encoder": graph_model.build_encoder_graph,
     "decoder": graph_model.build_decoder_graph,
@@ -128,34 +128,35 @@ def default_float64_blocks(dims: ModelDimensions) -> int:
 
 def default_kernels(weights: WhisperWeights, device: str, dtype: str) -> frozenset[str]:
     """maxwhisper's Mojo kernels the graphs use: the CPU kernels in float32, each where it
-    changes no value (the float16 ones only when the weights they read are exactly float16
-    values, as the released ones are; the attentions' sums are float32 like MAX's, in their own
-    order) and unless its `MAXWHISPER_*_KERNEL=0` switch turns it off. The encoder's
-    projections and conv stem only where they beat MAX's ops on this CPU
-    (`custom_ops.encoder_gemm_kernel_pays`), or where `MAXWHISPER_ENCODER_LINEAR_KERNEL=1` asks
-    for them; the cross-attention K/V beats MAX's ops on every CPU measured."""
+    changes no value (the float16 ones only when the weights are exactly float16 values, as
+    the released ones are; the attentions' sums are float32 like MAX's, in their own order)
+    and unless its `MAXWHISPER_*_KERNEL=0` switch turns it off. The encoder's projections
+    only where they beat MAX's matmul on this CPU (`custom_ops.encoder_gemm_kernel_pays`),
+    or where `MAXWHISPER_ENCODER_LINEAR_KERNEL=1` asks for them."""
     if device != "cpu" or dtype != "float32":
         return frozenset()
     tensors = weights.tensors
-
-    def float16_values(prefix: str, *parts: str) -> bool:
-        # every weight matrix or filter under `prefix` (containing one of `parts`, if given)
-        return all(custom_ops.fits_float16(array) for name, array in tensors.items()
-                   if name.startswith(prefix) and name.endswith(".weight") and array.ndim >= 2
-                   and (not parts or any(part in name for part in parts)))
-
     head_width = weights.dims.n_text_state // weights.dims.n_text_head  # the kernels' 64
     applies = {
         "vocab": custom_ops.fits_float16(tensors["decoder.token_embedding.weight"]),
-        "linear": float16_values("decoder.blocks."),
+        "linear": all(custom_ops.fits_float16(array) for name, array in tensors.items()
+                      if name.startswith("decoder.blocks.") and name.endswith(".weight")
+                      and array.ndim == 2),
         "cross_attention": head_width == 64,
         "self_attention": head_width == 64,
         "encoder_attention": weights.dims.n_audio_state // weights.dims.n_audio_head == 64,
-        "encoder_linear": float16_values("encoder.")
+        "encoder_linear": all(custom_ops.fits_float16(array) for name, array in tensors.items()
+                              if _encoder_graph_matrix(name, array))
         and (custom_ops.encoder_gemm_kernel_pays() or kernel_forced("encoder_linear")),
-        "cross_kv": float16_values("decoder.blocks.", ".cross_attn.key.", ".cross_attn.value."),
     }
     return frozenset(name for name, ok in applies.items() if ok and kernel_allowed(name))
+
+
+def _encoder_graph_matrix(name: str, array: np.ndarray) -> bool:
+    """A weight matrix or conv filter the encoder graph multiplies by (the cross-attention K/V
+    projections are the decoder's but run there)."""
+    return array.ndim >= 2 and name.endswith(".weight") and (
+        name.startswith("encoder.") or ".cross_attn.key." in name or ".cross_attn.value." in name)
 
 
 def graph_digest(graph) -> str:

@@ -44,9 +44,8 @@ KERNEL_SWITCHES = {
     "cross_attention": "MAXWHISPER_CROSS_ATTENTION_KERNEL",  # the attention to the audio
     "self_attention": "MAXWHISPER_SELF_ATTENTION_KERNEL",  # the attention over the cache
     "encoder_attention": "MAXWHISPER_ENCODER_ATTENTION_KERNEL",  # the encoder's attention
-    # the encoder blocks' projections and its conv stem
+    # the encoder's projections, its conv stem and the cross-attention K/V
     "encoder_linear": "MAXWHISPER_ENCODER_LINEAR_KERNEL",
-    "cross_kv": "MAXWHISPER_CROSS_KV_KERNEL",  # the cross-attention K/V of each window
 }
 
 
@@ -54,16 +53,15 @@ def kernel_allowed(kernel: str) -> bool:
     """Each of maxwhisper's Mojo kernels can be turned off for A/B runs: `MAXWHISPER_VOCAB_KERNEL=0`
     (the output projection), `MAXWHISPER_LINEAR_KERNEL=0` (the layers' projections),
     `MAXWHISPER_CROSS_ATTENTION_KERNEL=0` and `MAXWHISPER_SELF_ATTENTION_KERNEL=0` (the
-    decoder's two attentions), `MAXWHISPER_ENCODER_ATTENTION_KERNEL=0` (the encoder's),
-    `MAXWHISPER_ENCODER_LINEAR_KERNEL=0` (the encoder blocks' projections and conv stem) and
-    `MAXWHISPER_CROSS_KV_KERNEL=0` (the cross-attention K/V) fall back to MAX's own ops (on
-    Intel CPUs the encoder's projections and stem already do unless `=1`: `kernel_forced`)."""
+    decoder's two attentions), `MAXWHISPER_ENCODER_ATTENTION_KERNEL=0` (the encoder's) and
+    `MAXWHISPER_ENCODER_LINEAR_KERNEL=0` (the encoder's projections and conv stem) fall back to
+    MAX's own ops (on Intel CPUs the encoder's already do unless `=1`: `kernel_forced`)."""
     return os.environ.get(KERNEL_SWITCHES[kernel], "1") != "0"
 
 
 def kernel_forced(kernel: str) -> bool:
     """`MAXWHISPER_*_KERNEL=1` uses a kernel even where the default leaves it out for this CPU
-    (the encoder's projections and stem on Intel: `custom_ops.encoder_gemm_kernel_pays`)."""
+    (the encoder's projections on Intel: `custom_ops.encoder_gemm_kernel_pays`)."""
     return os.environ.get(KERNEL_SWITCHES[kernel]) == "1"
 
 

@@ -117,7 +117,7 @@ def test_kernels_apply_to_released_weights_on_the_cpu_in_float32(monkeypatch, ti
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(custom_ops, "host_cpu", lambda: "AuthenticAMD-25-1-0123456789ab")
     every = {"vocab", "linear", "cross_attention", "self_attention", "encoder_attention",
-             "encoder_linear", "cross_kv"}
+             "encoder_linear"}
     assert default_kernels(tiny_weights, "cpu", "float32") == every
     assert default_kernels(base_weights, "cpu", "float32") == every
     assert default_kernels(tiny_weights, "gpu", "float32") == frozenset()
@@ -125,8 +125,7 @@ def test_kernels_apply_to_released_weights_on_the_cpu_in_float32(monkeypatch, ti
     monkeypatch.setenv("MAXWHISPER_LINEAR_KERNEL", "0")
     assert default_kernels(tiny_weights, "cpu", "float32") == every - {"linear"}
     monkeypatch.delenv("MAXWHISPER_LINEAR_KERNEL")
-    # on Intel the encoder's projections and stem stay on MAX's ops unless asked for (the
-    # cross K/V keeps the kernel)
+    # on Intel the encoder's projections stay on MAX's matmul unless asked for
     monkeypatch.setattr(custom_ops, "host_cpu", lambda: "GenuineIntel-6-143-0123456789ab")
     assert default_kernels(tiny_weights, "cpu", "float32") == every - {"encoder_linear"}
     monkeypatch.setenv("MAXWHISPER_ENCODER_LINEAR_KERNEL", "1")
@@ -142,17 +141,11 @@ def test_float16_kernels_only_for_weights_that_are_float16_values(monkeypatch, t
     changed = replace(tiny_weights, tensors={**tiny_weights.tensors, name: nudged})
     kernels = default_kernels(changed, "cpu", "float32")
     assert "linear" not in kernels and "vocab" in kernels and "encoder_linear" in kernels
-    assert "cross_kv" in kernels  # the cross-attention's key and value weights still fit
-    # the same for each of the encoder graph's projection kernels: its filters and matrices,
-    # and the cross-attention's key and value projections
-    for name, kernel, other in [("encoder.conv2.weight", "encoder_linear", "cross_kv"),
-                                ("encoder.blocks.3.mlp.2.weight", "encoder_linear", "cross_kv"),
-                                ("decoder.blocks.1.cross_attn.value.weight", "cross_kv",
-                                 "encoder_linear")]:
-        nudged = tiny_weights.tensors[name].astype(np.float32) + np.float32(1e-4)
-        changed = replace(tiny_weights, tensors={**tiny_weights.tensors, name: nudged})
-        kernels = default_kernels(changed, "cpu", "float32")
-        assert kernel not in kernels and other in kernels and "vocab" in kernels
+    name = "encoder.conv2.weight"  # the same for the encoder's filters and matrices
+    nudged = tiny_weights.tensors[name].astype(np.float32) + np.float32(1e-4)
+    changed = replace(tiny_weights, tensors={**tiny_weights.tensors, name: nudged})
+    kernels = default_kernels(changed, "cpu", "float32")
+    assert "encoder_linear" not in kernels and "linear" in kernels
 
 
 def _filled_cache(tiny_weights, rows: int, length: int, rng) -> KVCache:
