@@ -81,8 +81,8 @@ def encoder_gemm_kernel_pays() -> bool:
     Not on Intel. Measured on an Intel Xeon (AVX-512, 2 cores): before the GEMM's register
     block was narrowed (`registers.GEMM_SUM_REGISTERS`) a tiny.en window took 321 ms on the
     kernel against 232 on MAX's ops (2026-11-29); after it (2026-11-30, one process, 12
-    alternated calls) the two are level (+4 ms a window for the kernel alone, -12 ms at eight
-    windows a call), but the stem's long sums in order (3 x 384 inputs) moved the hard tiny.en
+    alternated calls) the two are level (the kernel +4 ms a window at one window a call, -12 ms
+    a window at eight), but the stem's long sums in order (3 x 384 inputs) moved the hard tiny.en
     clip's encoder output 2.5e-3 from the exact result, past torch's 1.4e-3 and the project's
     bound, which MAX's conv keeps. On AMD the kernel won (Zen 3: a tiny window 499-520 ->
     414-479 ms) and met the bound; it stays the choice where nothing was measured."""
