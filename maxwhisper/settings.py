@@ -86,6 +86,12 @@ def resident_cache_setting() -> bool | None:
     return _on_off_or_unset("MAXWHISPER_RESIDENT_CACHE")
 
 
+def idle_poller_allowed() -> bool:
+    """`MAXWHISPER_IDLE_POLLER=0` leaves MAX's runtime polling thread at normal priority (see
+    `runtime.idle_runtime_poller`), for A/B runs; the tokens are the same either way."""
+    return os.environ.get("MAXWHISPER_IDLE_POLLER", "1") != "0"
+
+
 def _on_off_or_unset(name: str) -> bool | None:
     """A switch that is 1 (True), 0 (False) or unset (None: the code decides)."""
     value = os.environ.get(name)

@@ -19,6 +19,7 @@ from maxwhisper.runtime import (
     default_float64_blocks,
     default_kernels,
     graph_digest,
+    idle_runtime_poller,
     yield_runtime_workers,
 )
 from maxwhisper.settings import KERNEL_SWITCHES, encoder_float64_blocks, worker_nice
@@ -223,3 +224,63 @@ def test_runtime_workers_yield_to_the_python_thread(jfk):
     workers = [nice for name, nice in priorities.values() if RUNTIME_WORKER_NAME.match(name)]
     assert workers and all(nice >= worker_nice() for nice in workers)
     assert priorities[threading.get_native_id()][1] == own  # the Python thread keeps its own
+
+
+def _sleeper(pause_s: float, stop: threading.Event, ids: list) -> threading.Thread:
+    """A thread that sleeps `pause_s` at a time until `stop`; its native id lands in `ids`."""
+    def run():
+        ids.append(threading.get_native_id())
+        while not stop.is_set():
+            stop.wait(pause_s)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    while not ids:
+        stop.wait(0.001)
+    return thread
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setscheduler"), reason="scheduling policies: Linux")
+def test_only_a_new_busy_waker_becomes_idle():
+    """`idle_runtime_poller` changes a thread started since the snapshot that wakes thousands of
+    times a second, and neither a quiet new thread nor a busy one that was there before."""
+    stop = threading.Event()
+    old_busy, new_busy, new_quiet = [], [], []
+    _sleeper(0.0001, stop, old_busy)
+    before = {int(task) for task in os.listdir("/proc/self/task")}
+    _sleeper(0.0001, stop, new_busy)
+    _sleeper(1.0, stop, new_quiet)
+    try:
+        changed = idle_runtime_poller(before, sample_s=0.05)
+        policies = {tid: os.sched_getscheduler(tid) for tid in old_busy + new_busy + new_quiet}
+    finally:
+        stop.set()
+    assert changed == new_busy
+    assert policies[new_busy[0]] == os.SCHED_IDLE
+    assert policies[old_busy[0]] == policies[new_quiet[0]] == os.SCHED_OTHER
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setscheduler"), reason="scheduling policies: Linux")
+def test_max_poller_is_idle_after_a_run(jfk, monkeypatch):
+    """After a transcription, MAX's runtime polling thread (a thread that is neither Python's
+    nor a worker and wakes thousands of times a second) runs under SCHED_IDLE, and the Python
+    thread keeps its policy."""
+    monkeypatch.delenv("MAXWHISPER_IDLE_POLLER", raising=False)
+    max_model("tiny.en").transcribe(str(jfk.path), language="en")
+    wakeups = {}
+    for _ in range(2):
+        for task in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{task}/comm", encoding="utf-8",
+                          errors="replace") as comm, open(f"/proc/self/task/{task}/status") as st:
+                    name, status = comm.read().strip(), st.read()
+            except OSError:
+                continue
+            count = int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+            wakeups.setdefault(int(task), (name, []))[1].append(count)
+        threading.Event().wait(0.1)
+    pollers = [tid for tid, (name, counts) in wakeups.items()
+               if len(counts) == 2 and counts[1] - counts[0] > 100
+               and not RUNTIME_WORKER_NAME.match(name) and tid != threading.get_native_id()]
+    assert pollers, "no thread wakes >1000/s: has MAX's runtime stopped polling? (see runtime.py)"
+    assert all(os.sched_getscheduler(tid) == os.SCHED_IDLE for tid in pollers)
+    assert os.sched_getscheduler(threading.get_native_id()) == os.SCHED_OTHER
