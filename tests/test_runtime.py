@@ -15,6 +15,7 @@ from maxwhisper import custom_ops
 from maxwhisper.runtime import (
     RUNTIME_WORKER_NAME,
     KVCache,
+    _thread_wakeups,
     cache_key,
     default_float64_blocks,
     default_kernels,
@@ -261,26 +262,16 @@ def test_only_a_new_busy_waker_becomes_idle():
 
 @pytest.mark.skipif(not hasattr(os, "sched_setscheduler"), reason="scheduling policies: Linux")
 def test_max_poller_is_idle_after_a_run(jfk, monkeypatch):
-    """After a transcription, MAX's runtime polling thread (a thread that is neither Python's
-    nor a worker and wakes thousands of times a second) runs under SCHED_IDLE, and the Python
-    thread keeps its policy."""
+    """After a transcription, MAX's runtime polling thread (neither Python's nor a worker, it
+    wakes thousands of times a second) runs under SCHED_IDLE; the Python thread keeps its
+    policy."""
     monkeypatch.delenv("MAXWHISPER_IDLE_POLLER", raising=False)
     max_model("tiny.en").transcribe(str(jfk.path), language="en")
-    wakeups = {}
-    for _ in range(2):
-        for task in os.listdir("/proc/self/task"):
-            try:
-                with open(f"/proc/self/task/{task}/comm", encoding="utf-8",
-                          errors="replace") as comm, open(f"/proc/self/task/{task}/status") as st:
-                    name, status = comm.read().strip(), st.read()
-            except OSError:
-                continue
-            count = int(status.split("voluntary_ctxt_switches:")[1].split()[0])
-            wakeups.setdefault(int(task), (name, []))[1].append(count)
-        threading.Event().wait(0.1)
-    pollers = [tid for tid, (name, counts) in wakeups.items()
-               if len(counts) == 2 and counts[1] - counts[0] > 100
-               and not RUNTIME_WORKER_NAME.match(name) and tid != threading.get_native_id()]
+    first = _thread_wakeups()
+    threading.Event().wait(0.1)
+    later = _thread_wakeups()
+    own = threading.get_native_id()
+    pollers = [tid for tid, n in later.items() if tid != own and n - first.get(tid, n) > 100]
     assert pollers, "no thread wakes >1000/s: has MAX's runtime stopped polling? (see runtime.py)"
     assert all(os.sched_getscheduler(tid) == os.SCHED_IDLE for tid in pollers)
-    assert os.sched_getscheduler(threading.get_native_id()) == os.SCHED_OTHER
+    assert os.sched_getscheduler(own) == os.SCHED_OTHER
