@@ -271,7 +271,9 @@ def test_max_poller_is_idle_after_a_run(jfk, monkeypatch):
     threading.Event().wait(0.1)
     later = _thread_wakeups()
     own = threading.get_native_id()
-    pollers = [tid for tid, n in later.items() if tid != own and n - first.get(tid, n) > 100]
-    assert pollers, "no thread wakes >1000/s: has MAX's runtime stopped polling? (see runtime.py)"
-    assert all(os.sched_getscheduler(tid) == os.SCHED_IDLE for tid in pollers)
-    assert os.sched_getscheduler(own) == os.SCHED_OTHER
+    idle = {tid for tid in later if os.sched_getscheduler(tid) == os.SCHED_IDLE}
+    assert idle, "MAX's polling thread was not found: has its runtime stopped polling? (runtime.py)"
+    # whatever else wakes thousands of times a second (however busy the machine) is idle too
+    busy = {tid for tid, n in later.items() if tid != own and n - first.get(tid, n) > 100}
+    assert busy <= idle
+    assert own not in idle and os.sched_getscheduler(own) == os.SCHED_OTHER
