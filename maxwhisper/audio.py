@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from .errors import AudioError
 
@@ -178,10 +179,8 @@ def _log_power(frames: np.ndarray, n_mels: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=1)
-def _blas_controller():
+def _blas_controller() -> ThreadpoolController:
     """threadpoolctl's view of the BLAS libraries loaded (found once: ~1.5 ms)."""
-    from threadpoolctl import ThreadpoolController
-
     return ThreadpoolController()
 
 

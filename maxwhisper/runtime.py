@@ -76,35 +76,49 @@ def yield_runtime_workers(nice: int | None = None) -> list[int]:
     Raising a nice value needs no privilege; lowering it back does, so threads already at or
     above `nice` are left as they are (calling this again changes nothing)."""
     nice = worker_nice() if nice is None else nice
-    tasks = Path("/proc/self/task")
-    if nice == 0 or not tasks.is_dir():
+    if nice == 0:
         return []
     changed = []
-    for task in tasks.iterdir():
+    for tid, name in _thread_names().items():
+        if not RUNTIME_WORKER_NAME.match(name):
+            continue
         try:
-            name = (task / "comm").read_text(encoding="utf-8", errors="replace").strip()
-            if RUNTIME_WORKER_NAME.match(name) and os.getpriority(os.PRIO_PROCESS,
-                                                                  int(task.name)) < nice:
-                os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
-                changed.append(int(task.name))
-        except (OSError, ValueError):  # the thread ended, or the system refuses: no harm done
+            if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+                changed.append(tid)
+        except OSError:  # the thread ended, or the system refuses: no harm done
             continue
     return changed
+
+
+THREADS = Path("/proc/self/task")  # Linux: one folder per thread of this process
+
+
+def _thread_names() -> dict[int, str]:
+    """This process's threads: id -> name ({} where there is no /proc; a thread that ends
+    while it is read is left out)."""
+    names = {}
+    for task in THREADS.iterdir() if THREADS.is_dir() else ():
+        try:
+            names[int(task.name)] = (task / "comm").read_text(encoding="utf-8",
+                                                              errors="replace").strip()
+        except OSError:
+            continue
+    return names
 
 
 def _thread_wakeups() -> dict[int, int]:
     """This process's threads other than MAX's workers: id -> how often each has gone to sleep
     of its own accord (Linux's voluntary context switches; {} elsewhere)."""
     wakeups = {}
-    tasks = Path("/proc/self/task")
-    for task in tasks.iterdir() if tasks.is_dir() else ():
+    for tid, name in _thread_names().items():
+        if RUNTIME_WORKER_NAME.match(name):
+            continue
         try:
-            name = (task / "comm").read_text(encoding="utf-8", errors="replace").strip()
-            status = (task / "status").read_text()
+            status = (THREADS / str(tid) / "status").read_text()
         except OSError:  # the thread ended
             continue
-        if not RUNTIME_WORKER_NAME.match(name):
-            wakeups[int(task.name)] = int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+        wakeups[tid] = int(status.split("voluntary_ctxt_switches:")[1].split()[0])
     return wakeups
 
 
