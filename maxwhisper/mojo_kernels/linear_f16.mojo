@@ -37,7 +37,7 @@ from std.math import erf
 from std.memory import alloc, memmove
 from std.sys.info import num_physical_cores
 
-from .registers import GEMM_SUM_REGISTERS, LANES, block_columns
+from .registers import GEMM_SUM_REGISTERS, block_columns
 
 
 comptime PANEL = 64  # output columns per panel: 4 AVX-512 vectors of float32
@@ -51,12 +51,17 @@ comptime NR = block_columns[REG_ROWS, PANEL, GEMM_SUM_REGISTERS]()
 comptime KC = 16384 // max(64, NR * 2)
 comptime MC = 96
 comptime GEMM_ROWS = 256  # a prompt's prefill (up to ~224 rows) keeps the block path
-# Work below this runs on one core (see run_linear). 2 MB was chosen on the AVX-512 machine,
-# where one core streams a decoding step's small projections at 25 GB/s. With AVX2 (a Zen 3:
-# one core ~10 GB/s, a multi-row block ~50 GFLOP/s) sharing even the smallest of tiny's
-# projections paid: a five-beam step 14.7 -> 13.8 ms median, a two-token step 8.9 -> 8.3, a
-# one-token step unchanged (6.7 / 6.6; seven alternated pairs of processes).
-comptime SERIAL_BYTES = 2 * 1024 * 1024 if LANES >= 16 else 256 * 1024
+# Work below this runs on one core (see run_linear): every projection of a decoding step is
+# shared between the cores, only a product too small to pay for the hand-off is not. Sharing
+# also keeps the second core's worker busy through the step: an idle MAX worker soon sleeps,
+# and waking it for the next shared kernel (the output projection, the cross-attention) costs
+# tens of microseconds in a virtual machine (a cross-core wake-up round trip measured 45-90 us
+# on the Intel guest). Measured there, the 229-s clip greedy in one process, three runs each:
+# a step 4.5-4.95 ms with 2 MB (each of tiny's 0.3-1.2 MB layer projections on one core)
+# against 2.8-2.9 ms with 256 KB; a step alone, called back to back with no host work between
+# (session 18), showed no difference, as the second worker had no time to fall asleep. With
+# AVX2 (a Zen 3) 256 KB had won too: a five-beam step 14.7 -> 13.8 ms median.
+comptime SERIAL_BYTES = 256 * 1024
 
 
 @extensibility.register("maxwhisper_linear_f16")
@@ -142,8 +147,7 @@ def run_linear[gelu: Bool](
         gemm[gelu](out, out, OutputLayout.matrix(n_dim), xp,
                    RowsOf(rows, rows, rows, k_dim, 1, 1), wp, panels, bp)
         return
-    # A small product (a decoding step's layer projection: under a megabyte of weights, a
-    # few tens of microseconds) costs less on one core than waking the others to share it.
+    # A tiny product costs less on one core than handing half of it to another (SERIAL_BYTES).
     var work_bytes = panels * k_dim * PANEL * 2 + rows * k_dim * panels * PANEL // 8
     var workers = min(num_physical_cores(), panels) if work_bytes > SERIAL_BYTES else 1
 
