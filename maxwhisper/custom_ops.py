@@ -28,7 +28,7 @@ import numpy as np
 from max.dtype import DType
 from max.graph import TensorType, TensorValue, ops
 
-from .settings import cache_dir
+from .settings import cache_dir, projection_share_kb
 
 KERNEL_SOURCES = Path(__file__).resolve().parent / "mojo_kernels"
 LINEAR_F16 = "maxwhisper_linear_f16"
@@ -145,7 +145,8 @@ def linear_f16(x: TensorValue, panels: TensorValue, bias: TensorValue, n: int,
     rows = ops.reshape(x, [-1, k])
     out_type = TensorType(DType.float32, [rows.shape[0], width], device=x.device)
     name = LINEAR_F16 + ("_gelu" if gelu else "")
-    (y,) = ops.custom(name, x.device, [rows, panels, bias], [out_type])
+    (y,) = ops.custom(name, x.device, [rows, panels, bias], [out_type],
+                      parameters={"share_bytes": projection_share_kb() * 1024})
     y = y.tensor if width == n else y.tensor[:, :n]
     return ops.reshape(y, [*lead, n])
 

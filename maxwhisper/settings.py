@@ -114,6 +114,17 @@ def encoder_float64_blocks() -> int | None:
     return int(value)
 
 
+def projection_share_kb() -> int:
+    """`MAXWHISPER_PROJECTION_SHARE_KB`: a float16 projection with more than this many KB of
+    work (its weights, and its rows' reads) is shared between the cores; default 256, which
+    shares every layer projection of a decoding step (see `linear_f16.mojo`, `run_linear`).
+    2048 restores the AVX-512 value before session 21, for A/B runs on other machines."""
+    value = os.environ.get("MAXWHISPER_PROJECTION_SHARE_KB", "256")
+    if not value.isdigit():
+        raise ValueError(f"MAXWHISPER_PROJECTION_SHARE_KB must be a whole number, got {value!r}")
+    return int(value)
+
+
 def worker_nice() -> int:
     """`MAXWHISPER_WORKER_NICE`: the nice value MAX's runtime worker threads get (Linux), so that
     while they spin-wait between graph executions they yield to the Python thread that prepares

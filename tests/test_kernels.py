@@ -21,27 +21,29 @@ def _gelu(x: np.ndarray) -> np.ndarray:
 
 
 @functools.cache
-def linear_piece(gelu: bool):
+def linear_piece(gelu: bool, share_bytes: int = 256 * 1024):
     """The float16 linear kernel (plain or with GELU) for any rows, k and panels: one graph for
     every size (each compile costs ~30 s cold), fed x (R, k), the packed (P, k, 64) weights and
-    the padded bias (64 P); the padding columns come back (callers slice them off)."""
+    the padded bias (64 P); the padding columns come back (callers slice them off). Products
+    with more than `share_bytes` of work are shared between the cores."""
     from max.graph import TensorType, ops
 
     def body(x, packed, bias, _params):
         out_type = TensorType(DType.float32, [x.shape[0], bias.shape[0]], device=x.device)
         name = custom_ops.LINEAR_F16 + ("_gelu" if gelu else "")
-        return ops.custom(name, x.device, [x, packed, bias], [out_type])[0].tensor
+        return ops.custom(name, x.device, [x, packed, bias], [out_type],
+                          parameters={"share_bytes": share_bytes})[0].tensor
 
     types = [(DType.float32, ["rows", "k"]), (DType.float16, ["panels", "k", 64]),
              (DType.float32, ["width"])]
-    return compile_piece(f"linear_f16_test_{gelu}", types, body, load_weights("tiny.en"),
-                         "cpu", kernels=True)
+    return compile_piece(f"linear_f16_test_{gelu}_{share_bytes}", types, body,
+                         load_weights("tiny.en"), "cpu", kernels=True)
 
 
-def linear(x: np.ndarray, packed: np.ndarray, bias: np.ndarray, n: int, gelu: bool
-           ) -> np.ndarray:
+def linear(x: np.ndarray, packed: np.ndarray, bias: np.ndarray, n: int, gelu: bool,
+           share_bytes: int = 256 * 1024) -> np.ndarray:
     """x (..., k) @ W (k, n) + bias by the kernel (`linear_piece`), W and bias packed."""
-    (y,) = linear_piece(gelu)(x.reshape(-1, x.shape[-1]), packed, bias)
+    (y,) = linear_piece(gelu, share_bytes)(x.reshape(-1, x.shape[-1]), packed, bias)
     return y[:, :n].reshape(*x.shape[:-1], n)
 
 
@@ -82,6 +84,17 @@ def test_linear_f16_rows_are_the_same_bits_in_every_block():
     for rows in (1, 2, 3, 4, 5):
         some = linear(x[:, :rows], w, bias, n, False)
         assert np.array_equal(some, six[:, :rows]), rows
+
+
+def test_linear_f16_is_the_same_bits_on_one_core_or_shared():
+    """`MAXWHISPER_PROJECTION_SHARE_KB` only moves panels between the cores: one beam row and
+    five, a layer projection's size, on one core (a 1-GB threshold) and shared (0)."""
+    k, n = 384, 1152
+    x, w, bias = _packed_case(5, k, n, seed=3)
+    for rows in (1, 5):
+        alone = linear(x[:, :rows], w, bias, n, False, share_bytes=1 << 30)
+        shared = linear(x[:, :rows], w, bias, n, False, share_bytes=0)
+        assert np.array_equal(alone, shared), rows
 
 
 def test_linear_f16_blocked_path_is_the_same_bits_as_the_row_blocks():

@@ -23,7 +23,12 @@ from maxwhisper.runtime import (
     idle_runtime_poller,
     yield_runtime_workers,
 )
-from maxwhisper.settings import KERNEL_SWITCHES, encoder_float64_blocks, worker_nice
+from maxwhisper.settings import (
+    KERNEL_SWITCHES,
+    encoder_float64_blocks,
+    projection_share_kb,
+    worker_nice,
+)
 
 
 def test_float64_blocks_setting(monkeypatch, tiny_weights, base_weights):
@@ -209,6 +214,30 @@ def test_worker_nice_setting(monkeypatch):
         monkeypatch.setenv("MAXWHISPER_WORKER_NICE", bad)
         with pytest.raises(ValueError, match="MAXWHISPER_WORKER_NICE"):
             worker_nice()
+
+
+def test_projection_share_setting_reaches_the_graph(tiny_weights, monkeypatch):
+    """The threshold is a parameter of every float16 projection in the built graph, so a
+    different value compiles (and caches) a different graph instead of reusing the default's."""
+    from max.graph import DeviceRef
+
+    from maxwhisper import model
+
+    def decoder_graph():
+        kernels = frozenset({"vocab", "linear"})
+        return model.build_decoder_graph(model.Params(tiny_weights, DeviceRef.CPU(),
+                                                      kernels=kernels))
+
+    monkeypatch.delenv("MAXWHISPER_PROJECTION_SHARE_KB", raising=False)
+    assert projection_share_kb() == 256
+    default = decoder_graph()
+    assert f"share_bytes = {256 * 1024}" in str(default)
+    monkeypatch.setenv("MAXWHISPER_PROJECTION_SHARE_KB", "2048")
+    assert graph_digest(decoder_graph()) != graph_digest(default)
+    for bad in ("-1", "big", "1.5"):
+        monkeypatch.setenv("MAXWHISPER_PROJECTION_SHARE_KB", bad)
+        with pytest.raises(ValueError, match="MAXWHISPER_PROJECTION_SHARE_KB"):
+            projection_share_kb()
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="thread priorities: Linux")

@@ -51,17 +51,6 @@ comptime NR = block_columns[REG_ROWS, PANEL, GEMM_SUM_REGISTERS]()
 comptime KC = 16384 // max(64, NR * 2)
 comptime MC = 96
 comptime GEMM_ROWS = 256  # a prompt's prefill (up to ~224 rows) keeps the block path
-# Work below this runs on one core (see run_linear): every projection of a decoding step is
-# shared between the cores, only a product too small to pay for the hand-off is not. Sharing
-# also keeps the second core's worker busy through the step: an idle MAX worker soon sleeps,
-# and waking it for the next shared kernel (the output projection, the cross-attention) costs
-# tens of microseconds in a virtual machine (a cross-core wake-up round trip measured 45-90 us
-# on the Intel guest). Measured there, the 229-s clip greedy in one process, three runs each:
-# a step 4.5-4.95 ms with 2 MB (each of tiny's 0.3-1.2 MB layer projections on one core)
-# against 2.8-2.9 ms with 256 KB; a step alone, called back to back with no host work between
-# (session 18), showed no difference, as the second worker had no time to fall asleep. With
-# AVX2 (a Zen 3) 256 KB had won too: a five-beam step 14.7 -> 13.8 ms median.
-comptime SERIAL_BYTES = 256 * 1024
 
 
 @extensibility.register("maxwhisper_linear_f16")
@@ -69,7 +58,7 @@ struct LinearF16:
     """Y (R, N) float32 = x (R, K) float32 @ W (K, N) + bias, W packed (P, K, 64) float16."""
 
     @staticmethod
-    def execute[target: StaticString](
+    def execute[target: StaticString, share_bytes: Int](
         y: OutputTensor[dtype=DType.float32, rank=2, ...],
         x: InputTensor[dtype=DType.float32, rank=2, ...],
         weight: InputTensor[dtype=DType.float16, rank=3, ...],
@@ -78,7 +67,7 @@ struct LinearF16:
     ) raises:
         comptime if target != "cpu":
             raise Error("maxwhisper_linear_f16 is a CPU kernel")
-        run_linear[False](y, x, weight, bias)
+        run_linear[False, share_bytes](y, x, weight, bias)
 
 
 @extensibility.register("maxwhisper_linear_f16_gelu")
@@ -86,7 +75,7 @@ struct LinearF16Gelu:
     """GELU(x @ W + bias) (exact, erf-based GELU as Whisper's MLP), W packed as above."""
 
     @staticmethod
-    def execute[target: StaticString](
+    def execute[target: StaticString, share_bytes: Int](
         y: OutputTensor[dtype=DType.float32, rank=2, ...],
         x: InputTensor[dtype=DType.float32, rank=2, ...],
         weight: InputTensor[dtype=DType.float16, rank=3, ...],
@@ -95,7 +84,7 @@ struct LinearF16Gelu:
     ) raises:
         comptime if target != "cpu":
             raise Error("maxwhisper_linear_f16_gelu is a CPU kernel")
-        run_linear[True](y, x, weight, bias)
+        run_linear[True, share_bytes](y, x, weight, bias)
 
 
 @always_inline
@@ -126,7 +115,7 @@ def add_products[rows: Int, cols: Int](
             acc[i] += w * a.unsafe_load(k * k_stride + i * row_stride)
 
 
-def run_linear[gelu: Bool](
+def run_linear[gelu: Bool, share_bytes: Int](
     y: OutputTensor[dtype=DType.float32, rank=2, ...],
     x: InputTensor[dtype=DType.float32, rank=2, ...],
     weight: InputTensor[dtype=DType.float16, rank=3, ...],
@@ -147,9 +136,19 @@ def run_linear[gelu: Bool](
         gemm[gelu](out, out, OutputLayout.matrix(n_dim), xp,
                    RowsOf(rows, rows, rows, k_dim, 1, 1), wp, panels, bp)
         return
-    # A tiny product costs less on one core than handing half of it to another (SERIAL_BYTES).
+    # `share_bytes` (`settings.projection_share_kb`, 256 KB by default): work up to this runs
+    # on one core, more is shared between the cores, so every layer projection of a decoding
+    # step is. Sharing also keeps the second core's MAX worker busy through the step: an idle
+    # worker soon sleeps, and waking it for the next shared kernel (the cross-attention, the
+    # output projection) costs tens of microseconds in a virtual machine (a cross-core wake-up
+    # round trip measured 45-90 us on the Intel guest). Measured there, the 229-s clip greedy,
+    # three alternated pairs of processes: a step 3.31-4.20 ms with 2 MB (tiny's 0.3-1.2 MB
+    # layer projections each on one core) against 2.97-3.20 ms with 256 KB. A step called back
+    # to back, with no host work between steps, had shown no difference (session 18): the
+    # second worker had no time to fall asleep. With AVX2 (a Zen 3) 256 KB had won as well: a
+    # five-beam step 14.7 -> 13.8 ms median.
     var work_bytes = panels * k_dim * PANEL * 2 + rows * k_dim * panels * PANEL // 8
-    var workers = min(num_physical_cores(), panels) if work_bytes > SERIAL_BYTES else 1
+    var workers = min(num_physical_cores(), panels) if work_bytes > share_bytes else 1
 
     @always_inline
     def block[rb: Int, cols: Int](r: Int, panel_index: Int, c0: Int) {imm}:
