@@ -16,6 +16,7 @@ from maxwhisper import custom_ops
 from maxwhisper.runtime import (
     RUNTIME_WORKER_NAME,
     KVCache,
+    _thread_names,
     _thread_wakeups,
     cache_key,
     default_float64_blocks,
@@ -247,11 +248,8 @@ def test_runtime_workers_yield_to_the_python_thread(jfk):
     the setting's nice."""
     own = os.getpriority(os.PRIO_PROCESS, 0)  # this (Python) thread's
     max_model("tiny.en").transcribe(str(jfk.path), language="en")
-    priorities = {}
-    for task in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{task}/comm", encoding="utf-8", errors="replace") as comm:
-            priorities[int(task)] = (comm.read().strip(), os.getpriority(os.PRIO_PROCESS,
-                                                                         int(task)))
+    priorities = {tid: (name, os.getpriority(os.PRIO_PROCESS, tid))
+                  for tid, name in _thread_names().items()}
     workers = [nice for name, nice in priorities.values() if RUNTIME_WORKER_NAME.match(name)]
     assert workers and all(nice >= worker_nice() for nice in workers)
     assert priorities[threading.get_native_id()][1] == own  # the Python thread keeps its own
@@ -286,7 +284,7 @@ def test_only_a_new_busy_waker_becomes_idle():
     sys.setswitchinterval(1e-4)
     try:
         _sleeper(0.0001, stop, old_busy)
-        before = {int(task) for task in os.listdir("/proc/self/task")}
+        before = set(_thread_wakeups())  # as `execute` takes its snapshot
         _sleeper(0.0001, stop, new_busy)
         _sleeper(1.0, stop, new_quiet)
         for _ in range(3):
